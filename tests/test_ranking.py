@@ -1,0 +1,196 @@
+"""The compare functions, the NaN rules, ordering and retention policies (no TensorFlow)."""
+
+import functools
+import math
+import subprocess
+import sys
+
+import pytest
+
+from mlflow_best_export import loss_smaller, metric_bigger, metric_smaller, ranking
+
+NAN = math.nan
+INF = math.inf
+
+
+def test_ranking_imports_neither_tensorflow_nor_mlflow():
+    code = (
+        "import sys, mlflow_best_export.ranking as r; "
+        "bad = [m for m in ('tensorflow', 'mlflow') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(
+    ("best", "current", "expected"),
+    [
+        (0.5, 0.4, True),
+        (0.5, 0.6, False),
+        (0.5, 0.5, False),
+        (0.5, NAN, False),
+        (0.5, INF, False),
+        (0.5, -INF, False),
+        (NAN, 0.6, True),
+        (NAN, NAN, False),
+        (INF, 0.6, True),
+    ],
+)
+def test_loss_smaller(best, current, expected):
+    assert loss_smaller(best_eval_result={"loss": best}, current_eval_result={"loss": current}) is (
+        expected
+    )
+    assert ranking.is_better(loss_smaller, {"loss": best}, {"loss": current}) is expected
+
+
+@pytest.mark.parametrize(
+    ("best", "current", "expected"),
+    [(0.8, 0.9, True), (0.9, 0.8, False), (0.9, 0.9, False), (NAN, 0.1, True), (0.1, NAN, False)],
+)
+def test_metric_bigger(best, current, expected):
+    fn = metric_bigger("auc")
+    assert fn(best_eval_result={"auc": best}, current_eval_result={"auc": current}) is expected
+
+
+def test_min_delta_needs_a_real_improvement():
+    smaller = metric_smaller("loss", min_delta=0.1)
+    assert not smaller(best_eval_result={"loss": 1.0}, current_eval_result={"loss": 0.95})
+    assert smaller(best_eval_result={"loss": 1.0}, current_eval_result={"loss": 0.85})
+    bigger = metric_bigger("acc", min_delta=0.01)
+    assert not bigger(best_eval_result={"acc": 0.90}, current_eval_result={"acc": 0.905})
+    assert bigger(best_eval_result={"acc": 0.90}, current_eval_result={"acc": 0.92})
+
+
+def test_missing_key_names_the_keys_present():
+    with pytest.raises(ValueError, match=r"current_eval_result has no 'loss'.*\['accuracy'\]"):
+        loss_smaller(best_eval_result={"loss": 1.0}, current_eval_result={"accuracy": 0.5})
+    with pytest.raises(ValueError, match=r"best_eval_result has no 'loss'"):
+        loss_smaller(best_eval_result={}, current_eval_result={"loss": 0.5})
+    with pytest.raises(ValueError, match=r"has no 'auc'.*\['loss'\]"):
+        ranking.is_better(metric_bigger("auc"), None, {"loss": 1.0})
+
+
+@pytest.mark.parametrize("bad", ["", None, 3])
+def test_metric_key_is_validated(bad):
+    with pytest.raises(ValueError, match="key"):
+        metric_smaller(bad)
+
+
+@pytest.mark.parametrize("bad", [-0.1, NAN, INF, "0.1", True])
+def test_min_delta_is_validated(bad):
+    with pytest.raises(ValueError, match="min_delta"):
+        metric_bigger("auc", min_delta=bad)
+
+
+def test_compare_functions_pass_the_original_argument_check():
+    from tensorflow_estimator.python.estimator import exporter as tf_exporter
+
+    for fn in (loss_smaller, metric_smaller("loss"), metric_bigger("auc", 0.01)):
+        tf_exporter._verify_compare_fn_args(fn)
+        ranking.check_compare_fn(fn)
+
+
+def test_compared_key():
+    from tensorflow_estimator.python.estimator import exporter as tf_exporter
+
+    assert ranking.compared_key(loss_smaller) == "loss"
+    assert ranking.compared_key(metric_bigger("auc")) == "auc"
+    assert ranking.compared_key(tf_exporter._loss_smaller) == "loss"
+    assert ranking.compared_key(lambda best_eval_result, current_eval_result: True) is None
+
+
+def _user_fn(best_eval_result, current_eval_result):
+    return current_eval_result["auc"] > best_eval_result["auc"]
+
+
+def _three_args(best_eval_result, current_eval_result, extra):
+    return True
+
+
+@pytest.mark.parametrize(
+    ("fn", "message"),
+    [
+        (None, "must not be None"),
+        ("loss", "callable"),
+        (lambda a, b: True, r"takes \['a', 'b'\]"),
+        (lambda best_eval_result: True, r"takes \['best_eval_result'\]"),
+        (_three_args, "extra"),
+    ],
+)
+def test_check_compare_fn_rejects_wrong_parameters(fn, message):
+    with pytest.raises(ValueError, match=message):
+        ranking.check_compare_fn(fn)
+
+
+def test_check_compare_fn_accepts_partials_and_methods():
+    class Judge:
+        def better(self, best_eval_result, current_eval_result):
+            return True
+
+    ranking.check_compare_fn(Judge().better)
+    ranking.check_compare_fn(functools.partial(_three_args, extra=1))
+
+
+def test_is_better_calls_by_keyword():
+    calls = []
+
+    def fn(current_eval_result, best_eval_result):  # reversed on purpose
+        calls.append((best_eval_result, current_eval_result))
+        return current_eval_result["auc"] > best_eval_result["auc"]
+
+    assert ranking.is_better(fn, {"auc": 0.5}, {"auc": 0.6})
+    assert calls == [({"auc": 0.5}, {"auc": 0.6})]
+
+
+def test_is_better_with_no_best():
+    assert ranking.is_better(loss_smaller, None, {"loss": 3.0})
+    assert not ranking.is_better(loss_smaller, None, {"loss": NAN})
+    assert ranking.is_better(_user_fn, None, {"auc": 0.1})
+
+
+def _rank(items, fn):
+    return ranking.rank_best_first(items, fn, lambda i: i[1], lambda i: i[0])
+
+
+def test_rank_best_first_by_value_then_newer_step():
+    items = [(1, {"loss": 3.0}), (2, {"loss": 1.0}), (3, {"loss": NAN}), (4, {"loss": 1.0})]
+    items.append((5, {"loss": INF}))
+    assert [s for s, _ in _rank(items, loss_smaller)] == [4, 2, 1, 5, 3]
+    bigger = [(1, {"auc": 0.7}), (2, {"auc": 0.9}), (3, {"auc": 0.8})]
+    assert [s for s, _ in _rank(bigger, metric_bigger("auc"))] == [2, 3, 1]
+
+
+def test_rank_best_first_with_a_user_compare_fn():
+    items = [(1, {"auc": 0.7}), (2, {"auc": 0.9}), (3, {"auc": 0.8}), (4, {"auc": 0.9})]
+    assert [s for s, _ in _rank(items, _user_fn)] == [4, 2, 3, 1]
+
+
+def test_new_bests_is_the_sequence_an_uninterrupted_exporter_exports():
+    items = [
+        (1, {"loss": 5.0}),
+        (2, {"loss": 3.0}),
+        (3, {"accuracy": 0.1}),  # foreign record: skipped, not fatal
+        (4, {"loss": 4.0}),
+        (5, {"loss": NAN}),
+        (6, {"loss": 2.0}),
+        (7, {"loss": 2.0}),
+    ]
+    chain = ranking.new_bests(items, None, loss_smaller, lambda i: i[1])
+    assert [s for s, _ in chain] == [1, 2, 6]
+    chain = ranking.new_bests(items, {"loss": 3.5}, loss_smaller, lambda i: i[1])
+    assert [s for s, _ in chain] == [2, 6]
+
+
+def test_new_bests_skips_records_a_user_compare_fn_cannot_read():
+    items = [(1, {"auc": 0.5}), (2, {"loss": 1.0}), (3, {"auc": 0.7})]
+    chain = ranking.new_bests(items, None, _user_fn, lambda i: i[1])
+    assert [s for s, _ in chain] == [1, 3]
+
+
+def test_retention_policies():
+    assert ranking.retention_policy(None).select([3, 2, 1]) == [3, 2, 1]
+    assert ranking.retention_policy(2).select([3, 2, 1]) == [3, 2]
+    assert repr(ranking.KeepBestN(2)) == "KeepBestN(n=2)"
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="exports_to_keep"):
+            ranking.retention_policy(bad)
