@@ -180,10 +180,12 @@ def check_compare_fn(compare_fn: Any) -> CompareFn:
         params = inspect.signature(compare_fn).parameters
     except (TypeError, ValueError) as err:
         raise ValueError(f"`compare_fn` {target!r} has no inspectable signature: {err}") from err
+    # Parameters with a default (e.g. bound by functools.partial) need no argument.
     names = [
         name
         for name, p in params.items()
         if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        and (p.default is inspect.Parameter.empty or name in COMPARE_FN_ARGS)
     ]
     if sorted(names) != sorted(COMPARE_FN_ARGS):
         raise ValueError(
