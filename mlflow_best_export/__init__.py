@@ -1,0 +1,36 @@
+"""mlflow-best-export: the N best Estimator models, on disk and in the MLflow Model Registry.
+
+``MLflowBestExporter`` is imported lazily so that the event reader, the
+history and the ranking can be used without loading TensorFlow.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from mlflow_best_export._version import __version__
+from mlflow_best_export.history import EvalHistory, EvalRecord, HistoryReader, read_eval_history
+from mlflow_best_export.ranking import loss_smaller, metric_bigger, metric_smaller
+
+if TYPE_CHECKING:
+    from mlflow_best_export.exporter import MLflowBestExporter
+
+__all__ = [
+    "EvalHistory",
+    "EvalRecord",
+    "HistoryReader",
+    "MLflowBestExporter",
+    "__version__",
+    "loss_smaller",
+    "metric_bigger",
+    "metric_smaller",
+    "read_eval_history",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "MLflowBestExporter":
+        from mlflow_best_export.exporter import MLflowBestExporter
+
+        return MLflowBestExporter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

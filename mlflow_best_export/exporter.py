@@ -1,0 +1,475 @@
+"""MLflowBestExporter: a drop-in ``tf.estimator.BestExporter`` that keeps the N best.
+
+This module is the only one that imports ``tf.estimator``. It orchestrates the
+others: the history reader (what was evaluated), the ranking (what is best),
+the export directory (what can be served) and the MLflow mirror.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import tensorflow as tf
+
+from mlflow_best_export import exports as exports_lib
+from mlflow_best_export import ranking
+from mlflow_best_export.exports import Export, ExportDirLock
+from mlflow_best_export.history import EvalHistory, EvalRecord, HistoryReader
+
+logger = logging.getLogger(__name__)
+
+_CHECKPOINT_STEP = re.compile(r"-(\d+)$")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An eval result offered to ``export()``, reduced to what decisions need."""
+
+    step: int
+    metrics: Mapping[str, float]
+    checkpoint_path: str | None
+
+
+def _validate_name(name: Any) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"`name` must be a non-empty string, got {name!r}.")
+    if "/" in name or "\\" in name or name in (".", ".."):
+        raise ValueError(
+            f"`name` is used as a directory under <model_dir>/export/ and must not contain "
+            f"path separators or be '.' or '..'; got {name!r}."
+        )
+    return name
+
+
+def _validate_serving_input_receiver_fn(fn: Any) -> Any:
+    if fn is None or not callable(fn):
+        raise ValueError(
+            "`serving_input_receiver_fn` must be a function that takes no arguments and "
+            "returns a ServingInputReceiver, e.g. "
+            "tf.estimator.export.build_raw_serving_input_receiver_fn(...); "
+            f"got {fn!r}."
+        )
+    return fn
+
+
+def _validate_event_file_pattern(pattern: Any) -> str | None:
+    if pattern is None:
+        return None
+    if not isinstance(pattern, str) or not pattern.strip():
+        raise ValueError(
+            "`event_file_pattern` must be a glob relative to the model directory, such as "
+            f"'eval/*.tfevents.*', or None to ignore the eval history; got {pattern!r}."
+        )
+    if os.path.isabs(pattern):
+        raise ValueError(
+            "`event_file_pattern` is relative to the model directory; got the absolute "
+            f"path {pattern!r}."
+        )
+    return pattern
+
+
+def _validate_assets_extra(assets_extra: Any) -> dict[str, str]:
+    if assets_extra is None:
+        return {}
+    if not isinstance(assets_extra, Mapping):
+        raise ValueError(
+            "`assets_extra` must be a dict of {destination path inside assets.extra: source "
+            f"file}}; got {type(assets_extra).__name__}."
+        )
+    checked = {}
+    for dest, source in assets_extra.items():
+        if not isinstance(dest, str) or not dest.strip():
+            raise ValueError(f"`assets_extra` keys must be non-empty relative paths; got {dest!r}.")
+        if os.path.isabs(dest) or dest.startswith(("/", "\\")):
+            raise ValueError(
+                f"`assets_extra` key {dest!r} is absolute; keys are destinations relative to "
+                f"the export's assets.extra directory, e.g. 'vocab.txt'."
+            )
+        parts = re.split(r"[/\\]", dest)
+        if ".." in parts:
+            raise ValueError(
+                f"`assets_extra` key {dest!r} contains '..'; destinations must stay inside "
+                f"assets.extra."
+            )
+        if os.path.normpath(dest) == exports_lib.METADATA_FILENAME:
+            raise ValueError(
+                f"`assets_extra` key {dest!r} is reserved for the exporter's own metadata; "
+                f"choose another destination name."
+            )
+        if not isinstance(source, str | os.PathLike):
+            raise ValueError(
+                f"`assets_extra[{dest!r}]` must be the path of a source file; got {source!r}."
+            )
+        source = os.fspath(source)
+        if not tf.io.gfile.exists(source):
+            raise ValueError(
+                f"`assets_extra[{dest!r}]`: the source file {source!r} does not exist."
+            )
+        if tf.io.gfile.isdir(source):
+            raise ValueError(
+                f"`assets_extra[{dest!r}]`: {source!r} is a directory; list its files one by one."
+            )
+        checked[dest] = source
+    return checked
+
+
+def _validate_exports_to_keep(exports_to_keep: Any) -> int | None:
+    if exports_to_keep is None:
+        return None
+    if isinstance(exports_to_keep, bool) or not isinstance(exports_to_keep, int):
+        raise ValueError(
+            "`exports_to_keep` must be a positive integer, or None to keep every export; "
+            f"got {exports_to_keep!r}."
+        )
+    if exports_to_keep <= 0:
+        raise ValueError(
+            "`exports_to_keep`, if provided, must be a positive number (or None to keep every "
+            f"export). Got {exports_to_keep}"
+        )
+    return exports_to_keep
+
+
+def _candidate_step(eval_result: Mapping[str, Any], checkpoint_path: str | None) -> int:
+    if "global_step" in eval_result:
+        return int(eval_result["global_step"])
+    if checkpoint_path:
+        match = _CHECKPOINT_STEP.search(checkpoint_path)
+        if match:
+            return int(match.group(1))
+        try:
+            return int(tf.train.load_variable(checkpoint_path, "global_step"))
+        except (tf.errors.OpError, ValueError):
+            pass
+    raise ValueError(
+        "The eval result has no 'global_step' and the checkpoint path does not tell it; "
+        f"eval result keys: {sorted(eval_result)}, checkpoint_path: {checkpoint_path!r}."
+    )
+
+
+def _existing_checkpoint(checkpoint_path: str | None, model_dir: str) -> str | None:
+    """The checkpoint prefix if its files still exist (also after the model dir moved)."""
+    if not checkpoint_path:
+        return None
+    candidates = [checkpoint_path, os.path.join(model_dir, os.path.basename(checkpoint_path))]
+    for path in candidates:
+        if tf.io.gfile.exists(path + ".index"):
+            return path
+    return None
+
+
+class MLflowBestExporter(tf.estimator.BestExporter):
+    """Exports the best models, keeps the N best, and mirrors them into MLflow.
+
+    A drop-in replacement for ``tf.estimator.BestExporter`` in
+    ``tf.estimator.EvalSpec(exporters=...)``, with the same positional
+    arguments and defaults, that:
+
+    - judges each candidate against the best export actually kept on disk, so
+      a restarted process never exports a model worse than one already kept;
+    - recovers a best whose export was lost to a crash, from its checkpoint;
+    - keeps the ``exports_to_keep`` best exports (not the newest);
+    - never lets a NaN or infinite result win, and skips foreign scalars in
+      the eval history instead of failing;
+    - writes ``assets.extra/mlflow_best_export.json`` into each export with the
+      eval result, global step and checkpoint that earned it.
+
+    Args:
+      name: unique name of this exporter, used in the export path
+        ``<model_dir>/export/<name>/``.
+      serving_input_receiver_fn: a function that takes no arguments and returns
+        a ``ServingInputReceiver``.
+      event_file_pattern: glob of the eval event files, relative to the model
+        directory; None ignores the eval history (no crash recovery).
+      compare_fn: ``f(best_eval_result, current_eval_result) -> bool``, True
+        when the current result is better. ``loss_smaller``,
+        ``metric_smaller(key)`` and ``metric_bigger(key)`` carry their key, so
+        NaN handling and ranking are exact; any other function is called by
+        keyword and used pairwise.
+      assets_extra: ``{destination inside assets.extra: source file}`` copied
+        into every export.
+      as_text: write the SavedModel proto as text.
+      exports_to_keep: how many of the best exports to keep on disk; None
+        keeps all.
+
+    Raises:
+      ValueError: if any argument is invalid; the message names the argument.
+    """
+
+    def __init__(
+        self,
+        name: str = "best_exporter",
+        serving_input_receiver_fn: Any = None,
+        event_file_pattern: str | None = "eval/*.tfevents.*",
+        compare_fn: ranking.CompareFn = ranking.loss_smaller,
+        assets_extra: Mapping[str, str] | None = None,
+        as_text: bool = False,
+        exports_to_keep: int | None = 5,
+    ):
+        name = _validate_name(name)
+        _validate_serving_input_receiver_fn(serving_input_receiver_fn)
+        event_file_pattern = _validate_event_file_pattern(event_file_pattern)
+        ranking.check_compare_fn(compare_fn)
+        assets_extra = _validate_assets_extra(assets_extra)
+        if not isinstance(as_text, bool):
+            raise ValueError(f"`as_text` must be True or False, got {as_text!r}.")
+        exports_to_keep = _validate_exports_to_keep(exports_to_keep)
+        super().__init__(
+            name=name,
+            serving_input_receiver_fn=serving_input_receiver_fn,
+            event_file_pattern=event_file_pattern,
+            compare_fn=compare_fn,
+            assets_extra=assets_extra or None,
+            as_text=as_text,
+            exports_to_keep=exports_to_keep,
+        )
+        self._serving_input_receiver_fn = serving_input_receiver_fn
+        self._assets_extra = assets_extra
+        self._as_text = as_text
+        self._retention = ranking.retention_policy(exports_to_keep)
+        self._compare_key = ranking.compared_key(compare_fn)
+        self._lock: ExportDirLock | None = None
+        self._history_reader: HistoryReader | None = None
+        self._bound_to: tuple[str, str] | None = None
+        self._export_steps: dict[str, int | None] = {}
+        self._unrecoverable_warned: set[int] = set()
+
+    @property
+    def compare_fn(self) -> ranking.CompareFn:
+        """The compare function this exporter ranks with."""
+        return self._compare_fn
+
+    @property
+    def exports_to_keep(self) -> int | None:
+        """How many of the best exports are kept on disk (None: all)."""
+        return self._exports_to_keep
+
+    def export(
+        self,
+        estimator: tf.estimator.Estimator,
+        export_path: str | bytes,
+        checkpoint_path: str | bytes | None,
+        eval_result: Mapping[str, Any],
+        is_the_final_export: bool,
+    ) -> str | None:
+        """Export the candidate if it beats every kept export; keep the N best.
+
+        Called by ``train_and_evaluate`` after each evaluation.
+
+        Args:
+          estimator: the Estimator being trained.
+          export_path: the base directory of this exporter's exports,
+            ``<model_dir>/export/<name>``.
+          checkpoint_path: the checkpoint that was evaluated.
+          eval_result: the result of ``Estimator.evaluate`` on it.
+          is_the_final_export: True for the export at the end of training.
+
+        Returns:
+          The path of the new export as ``str``, or None when the candidate was
+          not better than the best kept export.
+
+        Raises:
+          ValueError: if the eval result lacks the compared metric (the message
+            names the keys it has).
+          ExportDirLockedError: if another process is exporting to the same
+            directory.
+        """
+        export_base = os.fsdecode(export_path)
+        checkpoint_path = os.fsdecode(checkpoint_path) if checkpoint_path else None
+        model_dir = os.fsdecode(estimator.model_dir)
+        self._bind(model_dir, export_base)
+
+        candidate = self._candidate(eval_result, checkpoint_path)
+        history = self._poll_history()
+        kept = self._ranked_exports(export_base, history)
+        best = kept[0].metrics if kept else None
+
+        for record in self._lost_bests(history.before(candidate.step), best, model_dir):
+            logger.warning(
+                "The eval at step %d (%s) beat every kept export but was never exported "
+                "(the process stopped first); exporting it now from %s.",
+                record.step,
+                _describe(record.metrics, self._compare_key),
+                record.checkpoint_path,
+            )
+            self._write_export(
+                estimator,
+                export_base,
+                Candidate(record.step, dict(record.metrics), record.checkpoint_path),
+                recovered=True,
+            )
+            best = record.metrics
+
+        new_export = None
+        if ranking.is_better(self._compare_fn, best, candidate.metrics):
+            logger.info(
+                "Exporting step %d: %s beats %s.",
+                candidate.step,
+                _describe(candidate.metrics, self._compare_key),
+                _describe(best, self._compare_key) if best is not None else "no kept export",
+            )
+            new_export = self._write_export(estimator, export_base, candidate, recovered=False)
+        else:
+            logger.info(
+                "Not exporting step %d: %s does not beat the best kept export (%s).",
+                candidate.step,
+                _describe(candidate.metrics, self._compare_key),
+                _describe(best, self._compare_key),
+            )
+
+        self._collect(export_base, history)
+        return new_export
+
+    # -- binding to a model directory ------------------------------------------------------
+
+    def _bind(self, model_dir: str, export_base: str) -> None:
+        if self._bound_to == (model_dir, export_base):
+            return
+        self._release()
+        lock = ExportDirLock(export_base)
+        lock.acquire()
+        self._lock = lock
+        exports_lib.remove_stale_temps(export_base)
+        self._history_reader = (
+            HistoryReader(model_dir, self._event_file_pattern) if self._event_file_pattern else None
+        )
+        self._export_steps.clear()
+        self._unrecoverable_warned.clear()
+        self._bound_to = (model_dir, export_base)
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        self._bound_to = None
+
+    def close(self) -> None:
+        """Release the export directory so another exporter may use it."""
+        self._release()
+
+    # -- decisions ----------------------------------------------------------------------
+
+    def _candidate(self, eval_result: Mapping[str, Any], checkpoint_path: str | None) -> Candidate:
+        if not isinstance(eval_result, Mapping):
+            raise ValueError(f"`eval_result` must be a dict of metrics, got {eval_result!r}.")
+        metrics = exports_lib.plain_metrics(eval_result)
+        if self._compare_key is not None and self._compare_key not in metrics:
+            raise ValueError(
+                f"The eval result has no {self._compare_key!r}, which compare_fn compares; it "
+                f"has the keys {sorted(eval_result)}. Pass compare_fn=metric_smaller(key) or "
+                f"metric_bigger(key) for one of them."
+            )
+        step = _candidate_step(eval_result, checkpoint_path)
+        return Candidate(step, metrics, checkpoint_path)
+
+    def _poll_history(self) -> EvalHistory:
+        if self._history_reader is None:
+            return EvalHistory([])
+        return self._history_reader.poll()
+
+    def _ranked_exports(self, export_base: str, history: EvalHistory) -> list[Export]:
+        """This exporter's exports that can be ranked, best first."""
+        rankable = []
+        for export in exports_lib.list_exports(export_base):
+            if not export.ranked:
+                export = self._rank_from_history(export, history)
+            if export.ranked and ranking.comparable(self._compare_fn, export.metrics):
+                rankable.append(export)
+        return ranking.rank_best_first(
+            rankable, self._compare_fn, lambda e: e.metrics, lambda e: e.step
+        )
+
+    def _rank_from_history(self, export: Export, history: EvalHistory) -> Export:
+        # Exports made by the original class carry no metadata; the global step
+        # saved in their variables finds their eval in the history.
+        if export.path not in self._export_steps:
+            self._export_steps[export.path] = exports_lib.read_export_step(export.path)
+        step = self._export_steps[export.path]
+        record = history.get(step) if step is not None else None
+        if record is None:
+            return export
+        return exports_lib.with_history(export, record.metrics, step)
+
+    def _lost_bests(
+        self, earlier: EvalHistory, best: Mapping[str, float] | None, model_dir: str
+    ) -> list[EvalRecord]:
+        """Evals that beat every kept export, were never exported, and can still be."""
+        recoverable = []
+        for record in earlier.records:
+            checkpoint = _existing_checkpoint(record.checkpoint_path, model_dir)
+            if checkpoint is not None:
+                recoverable.append(
+                    EvalRecord(record.step, record.wall_time, record.metrics, checkpoint)
+                )
+        chain = ranking.new_bests(recoverable, best, self._compare_fn, lambda r: r.metrics)
+        unrecoverable = [
+            r
+            for r in ranking.new_bests(earlier.records, best, self._compare_fn, lambda r: r.metrics)
+            if _existing_checkpoint(r.checkpoint_path, model_dir) is None
+            and r.step not in self._unrecoverable_warned
+        ]
+        for record in unrecoverable:
+            self._unrecoverable_warned.add(record.step)
+            logger.warning(
+                "The eval at step %d (%s) beat every kept export but was never exported, and "
+                "its checkpoint %s is gone; it cannot be recovered.",
+                record.step,
+                _describe(record.metrics, self._compare_key),
+                record.checkpoint_path,
+            )
+        # Only the last N of the chain would survive retention; exporting the rest is waste.
+        if self._exports_to_keep is not None:
+            chain = chain[-self._exports_to_keep :]
+        return chain
+
+    # -- effects ------------------------------------------------------------------------
+
+    def _write_export(
+        self,
+        estimator: tf.estimator.Estimator,
+        export_base: str,
+        candidate: Candidate,
+        *,
+        recovered: bool,
+    ) -> str:
+        metadata = exports_lib.build_metadata(
+            exporter_name=self.name,
+            step=candidate.step,
+            metrics=candidate.metrics,
+            checkpoint_path=candidate.checkpoint_path,
+            compare_key=self._compare_key,
+            recovered=recovered,
+        )
+        with tempfile.TemporaryDirectory(prefix="mlflow_best_export-") as tmp:
+            # The metadata travels as an extra asset, so it lands in the export before the
+            # Estimator renames it into place: no export is ever seen without it.
+            assets_extra = dict(self._assets_extra)
+            assets_extra[exports_lib.METADATA_FILENAME] = exports_lib.write_metadata_file(
+                metadata, tmp
+            )
+            path = estimator.export_saved_model(
+                export_base,
+                self._serving_input_receiver_fn,
+                assets_extra=assets_extra,
+                as_text=self._as_text,
+                checkpoint_path=candidate.checkpoint_path,
+            )
+        return os.fsdecode(path)
+
+    def _collect(self, export_base: str, history: EvalHistory) -> list[Export]:
+        ranked = self._ranked_exports(export_base, history)
+        keep = {e.path for e in self._retention.select(ranked)}
+        return exports_lib.delete_exports(e for e in ranked if e.path not in keep)
+
+
+def _describe(metrics: Mapping[str, float] | None, key: str | None) -> str:
+    if metrics is None:
+        return "nothing"
+    if key is not None and key in metrics:
+        return f"{key}={metrics[key]:.6g}"
+    return ", ".join(f"{k}={v:.6g}" for k, v in sorted(metrics.items()))

@@ -1,0 +1,425 @@
+"""MLflowBestExporter on disk: decisions, metadata, retention, restarts and crashes.
+
+Every test trains a real (tiny) Estimator with train_and_evaluate or calls
+export() with a real Estimator and checkpoint; see tests/tiny.py for the model
+whose eval loss follows a schedule.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+import tensorflow as tf
+import tiny
+from conftest import run_tiny
+
+from mlflow_best_export import (
+    MLflowBestExporter,
+    loss_smaller,
+    metric_bigger,
+    ranking,
+    read_eval_history,
+)
+from mlflow_best_export import exports as exports_lib
+from mlflow_best_export.exports import ExportDirLockedError
+
+# Scheduled eval losses, one per checkpoint (every 2 steps): the new bests are
+# at steps 2, 4, 8, 12 and 16; everything else is worse than the best before it.
+LOSSES = [50, 30, 40, 20, 25, 10, 60, 5, 8]
+NEW_BEST_STEPS = [2, 4, 8, 12, 16]
+
+
+def export_base(model_dir, name="best_exporter"):
+    return os.path.join(model_dir, "export", name)
+
+
+def exported(model_dir, name="best_exporter"):
+    """The exports on disk, oldest first, as (step, metadata)."""
+    found = []
+    for export in exports_lib.list_exports(export_base(model_dir, name)):
+        assert export.has_metadata, export.path
+        found.append((export.step, export.metadata))
+    return found
+
+
+def expected_kept(model_dir, compare_fn, keep):
+    """The last `keep` new-best evals of the recorded history (what a never-stopped run keeps)."""
+    records = read_eval_history(str(model_dir)).records
+    chain = ranking.new_bests(records, None, compare_fn, lambda r: r.metrics)
+    chain = chain if keep is None else chain[-keep:]
+    return [r.step for r in chain]
+
+
+def assert_metadata_matches_history(model_dir, name="best_exporter"):
+    history = read_eval_history(str(model_dir))
+    for step, metadata in exported(model_dir, name):
+        record = history.get(step)
+        assert record is not None, step
+        assert metadata["global_step"] == step
+        assert metadata["exporter_name"] == name
+        assert metadata["checkpoint_path"] == record.checkpoint_path
+        for key, value in record.metrics.items():
+            assert metadata["eval_result"][key] == pytest.approx(value, rel=1e-6), key
+        assert os.path.exists(metadata["checkpoint_path"] + ".index")
+        assert isinstance(metadata["export_time"], float)
+
+
+def make_exporter(**kwargs):
+    kwargs.setdefault("serving_input_receiver_fn", tiny.raw_serving_input_receiver_fn)
+    return MLflowBestExporter(**kwargs)
+
+
+def _mse_smaller_by_7(best_eval_result, current_eval_result):
+    return current_eval_result["mse"] < best_eval_result["mse"] - 7
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("compare_fn", "keep", "steps"),
+    [
+        (loss_smaller, 3, [8, 12, 16]),
+        (metric_bigger("score"), 3, [8, 12, 16]),
+        (_mse_smaller_by_7, 3, [4, 8, 12]),
+        (loss_smaller, None, NEW_BEST_STEPS),
+    ],
+    ids=["loss_smaller", "metric_bigger", "user_compare_fn", "keep_all"],
+)
+def test_keeps_exactly_the_last_n_new_best_evals(tmp_path, compare_fn, keep, steps):
+    model_dir = str(tmp_path / "model")
+    returned = []
+
+    class Recording(MLflowBestExporter):
+        def export(self, *args, **kwargs):
+            result = super().export(*args, **kwargs)
+            returned.append(result)
+            return result
+
+    exporter = Recording(
+        serving_input_receiver_fn=tiny.raw_serving_input_receiver_fn,
+        compare_fn=compare_fn,
+        exports_to_keep=keep,
+    )
+    tiny.train(model_dir, exporter, LOSSES)
+    exporter.close()
+
+    assert [s for s, _ in exported(model_dir)] == steps
+    assert steps == expected_kept(model_dir, compare_fn, keep)
+    assert_metadata_matches_history(model_dir)
+    # The return value is the new export's path as str, or None when skipped.
+    paths = [r for r in returned if r is not None]
+    assert all(isinstance(p, str) for p in paths)
+    all_new_bests = expected_kept(model_dir, compare_fn, None)
+    assert len(paths) == len(all_new_bests)
+    assert len(returned) == len(LOSSES)
+    assert not [n for n in os.listdir(export_base(model_dir)) if n.startswith("temp-")]
+
+
+@pytest.mark.slow
+def test_as_text_and_assets_extra(tmp_path):
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("a\nb\n")
+    model_dir = str(tmp_path / "model")
+    exporter = make_exporter(
+        as_text=True, assets_extra={"vocab.txt": str(vocab), "nested/dir/v.txt": str(vocab)}
+    )
+    tiny.train(model_dir, exporter, [3, 1])
+    exporter.close()
+    [(step, _)] = exported(model_dir)[-1:]
+    assert step == 4
+    path = exports_lib.list_exports(export_base(model_dir))[-1].path
+    assert os.path.exists(os.path.join(path, "saved_model.pbtxt"))
+    extra = os.path.join(path, "assets.extra")
+    assert open(os.path.join(extra, "vocab.txt")).read() == "a\nb\n"
+    assert open(os.path.join(extra, "nested", "dir", "v.txt")).read() == "a\nb\n"
+    metadata = json.load(open(os.path.join(extra, exports_lib.METADATA_FILENAME)))
+    assert metadata["global_step"] == 4
+
+
+# -- restarts and crashes ------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_restart_never_exports_a_worse_model_nor_collects_the_best(tmp_path):
+    model_dir = str(tmp_path / "model")
+    # First process: new bests at 2, 4 and 8 (20).
+    run_tiny("--model-dir", model_dir, "--losses", "50,30,40,20", "--exports-to-keep", "2")
+    assert [s for s, _ in exported(model_dir)] == [4, 8]
+    # Second process: 25, 30, 22 are all worse than 20, then 10 is a real improvement.
+    run_tiny(
+        "--model-dir", model_dir, "--losses", "50,30,40,20,25,30,22,10", "--exports-to-keep", "2"
+    )
+    assert [s for s, _ in exported(model_dir)] == [8, 16]
+    assert expected_kept(model_dir, loss_smaller, 2) == [8, 16]
+
+
+@pytest.mark.slow
+def test_original_best_exporter_loses_the_best_on_restart(tmp_path):
+    """The behaviour we fix, shown with the original class on the same schedule."""
+    model_dir = str(tmp_path / "model")
+
+    def original():
+        return tf.estimator.BestExporter(
+            serving_input_receiver_fn=tiny.raw_serving_input_receiver_fn, exports_to_keep=2
+        )
+
+    tiny.train(model_dir, original(), [50, 30, 40, 20])
+    tiny.train(model_dir, original(), [50, 30, 40, 20, 25, 30, 22, 24])
+    steps = sorted(
+        exports_lib.read_export_step(e.path)
+        for e in exports_lib.list_exports(export_base(model_dir))
+    )
+    # It exported the worse step 10 right after the restart and collected step 8, the best.
+    assert 10 in steps and 8 not in steps
+
+
+@pytest.mark.slow
+def test_sigkill_between_export_and_retention(tmp_path):
+    model_dir = str(tmp_path / "model")
+    proc = run_tiny(
+        "--model-dir", model_dir, "--losses", "50,30,20,40,10,35", "--exports-to-keep", "2",
+        "--kill", "before_retention:6", check=False,
+    )
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    # Killed after writing the export of step 6 and before collecting step 2.
+    assert [s for s, _ in exported(model_dir)] == [2, 4, 6]
+    run_tiny("--model-dir", model_dir, "--losses", "50,30,20,40,10,35", "--exports-to-keep", "2")
+    assert [s for s, _ in exported(model_dir)] == [6, 10]
+    assert expected_kept(model_dir, loss_smaller, 2) == [6, 10]
+
+
+@pytest.mark.slow
+def test_sigkill_between_evaluation_and_export_recovers_the_lost_best(tmp_path):
+    model_dir = str(tmp_path / "model")
+    losses = "50,30,20,40,45,35"
+    proc = run_tiny(
+        "--model-dir", model_dir, "--losses", losses, "--exports-to-keep", "2",
+        "--kill", "before_export:6", check=False,
+    )
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    assert read_eval_history(model_dir).get(6) is not None  # the eval happened...
+    assert [s for s, _ in exported(model_dir)] == [2, 4]  # ...its export did not
+    run_tiny("--model-dir", model_dir, "--losses", losses, "--exports-to-keep", "2")
+    kept = exported(model_dir)
+    assert [s for s, _ in kept] == [4, 6]
+    assert expected_kept(model_dir, loss_smaller, 2) == [4, 6]
+    assert kept[-1][1]["recovered_after_crash"] is True
+    assert_metadata_matches_history(model_dir)
+
+
+@pytest.mark.slow
+def test_sigkill_during_retention(tmp_path):
+    model_dir = str(tmp_path / "model")
+    losses = "50,30,20,10,40,5"
+    proc = run_tiny(
+        "--model-dir", model_dir, "--losses", losses, "--exports-to-keep", "1",
+        "--kill", "during_retention:0", check=False,
+    )
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    # Killed with the collected export renamed out of sight but not yet deleted.
+    leftovers = [n for n in os.listdir(export_base(model_dir)) if n.startswith("temp-delete-")]
+    assert len(leftovers) == 1
+    assert [s for s, _ in exported(model_dir)] == [4]
+    run_tiny("--model-dir", model_dir, "--losses", losses, "--exports-to-keep", "1")
+    assert [s for s, _ in exported(model_dir)] == [12]
+    assert not [n for n in os.listdir(export_base(model_dir)) if n.startswith("temp-")]
+
+
+@pytest.mark.slow
+def test_exports_of_the_original_class_are_ranked_from_history(tmp_path):
+    model_dir = str(tmp_path / "model")
+    original = tf.estimator.BestExporter(
+        serving_input_receiver_fn=tiny.raw_serving_input_receiver_fn, exports_to_keep=None
+    )
+    tiny.train(model_dir, original, [50, 30, 40, 20])  # exports steps 2, 4, 8 without metadata
+    # A foreign SavedModel-like directory with no global step: left alone.
+    foreign = os.path.join(export_base(model_dir), "1000000000")
+    os.makedirs(foreign)
+    exporter = make_exporter(exports_to_keep=2)
+    tiny.train(model_dir, exporter, [50, 30, 40, 20, 25, 10])
+    exporter.close()
+    remaining = exports_lib.list_exports(export_base(model_dir))
+    by_step = {exports_lib.read_export_step(e.path): e for e in remaining}
+    assert os.path.isdir(foreign)
+    assert sorted(s for s in by_step if s is not None) == [8, 12]
+    assert not by_step[8].has_metadata and by_step[12].has_metadata
+
+
+# -- the original class's own unit-test scenarios, with a real Estimator ----------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A real Estimator with one checkpoint, for calling export() by hand."""
+    model_dir = str(tmp_path_factory.mktemp("trained") / "model")
+    estimator = tiny.build_estimator(model_dir, 2, {2: 1.0})
+    estimator.train(tiny.train_input_fn, max_steps=2)
+    return estimator
+
+
+def fresh(trained, tmp_path):
+    """The trained Estimator, copied into its own model directory."""
+    import shutil
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(trained.model_dir, model_dir)
+    estimator = tiny.build_estimator(str(model_dir), 2, {2: 1.0})
+    return estimator, estimator.latest_checkpoint()
+
+
+def call_export(exporter, estimator, checkpoint, eval_result, final=False):
+    return exporter.export(
+        estimator, export_base(estimator.model_dir), checkpoint, eval_result, final
+    )
+
+
+def test_exports_to_keep_zero_raises():
+    with pytest.raises(ValueError, match="positive number"):
+        make_exporter(exports_to_keep=0)
+
+
+def test_first_export_and_export_on_improvement_only(trained, tmp_path):
+    estimator, checkpoint = fresh(trained, tmp_path)
+    exporter = make_exporter(exports_to_keep=1)
+    first = call_export(exporter, estimator, checkpoint, {"loss": 0.5, "global_step": 2})
+    assert isinstance(first, str) and os.path.isdir(first)
+    assert call_export(exporter, estimator, checkpoint, {"loss": 0.6, "global_step": 2}) is None
+    third = call_export(exporter, estimator, checkpoint, {"loss": 0.4, "global_step": 2})
+    assert isinstance(third, str) and third != first
+    assert [m["eval_result"]["loss"] for _, m in exported(estimator.model_dir)] == [0.4]
+    exporter.close()
+
+
+def test_preemption_scenario_of_the_original_tests(trained, tmp_path):
+    estimator, checkpoint = fresh(trained, tmp_path)
+    from tensorflow.python.eager import context
+    from tensorflow_estimator.python.estimator import estimator as estimator_lib
+
+    eval_dir = os.path.join(estimator.model_dir, "eval_continuous")
+    with context.graph_mode():
+        estimator_lib._write_dict_to_summary(eval_dir, {"loss": 50}, 1)
+        estimator_lib._write_dict_to_summary(eval_dir, {"loss": 60}, 2)
+    tf.compat.v1.summary.FileWriterCache.clear()
+    exporter = make_exporter(event_file_pattern="eval_continuous/*.tfevents.*", exports_to_keep=1)
+    # Nothing is kept yet, and the history's best has no checkpoint to export from.
+    assert call_export(exporter, estimator, checkpoint, {"loss": 100, "global_step": 3})
+    assert call_export(exporter, estimator, checkpoint, {"loss": 10, "global_step": 4})
+    assert call_export(exporter, estimator, checkpoint, {"loss": 20, "global_step": 5}) is None
+    assert [m["eval_result"]["loss"] for _, m in exported(estimator.model_dir)] == [10]
+    exporter.close()
+
+
+def test_empty_eval_event_in_history(trained, tmp_path):
+    estimator, checkpoint = fresh(trained, tmp_path)
+    from tensorflow.python.eager import context
+    from tensorflow_estimator.python.estimator import estimator as estimator_lib
+
+    eval_dir = os.path.join(estimator.model_dir, "eval_continuous")
+    with context.graph_mode():
+        estimator_lib._write_dict_to_summary(eval_dir, {}, 1)
+        estimator_lib._write_dict_to_summary(eval_dir, {"loss": 60}, 2)
+    tf.compat.v1.summary.FileWriterCache.clear()
+    exporter = make_exporter(event_file_pattern="eval_continuous/*.tfevents.*", exports_to_keep=1)
+    assert call_export(exporter, estimator, checkpoint, {"loss": 100, "global_step": 3})
+    assert call_export(exporter, estimator, checkpoint, {"loss": 10, "global_step": 4})
+    exporter.close()
+
+
+# -- NaN, inf, missing keys, foreign scalars ----------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_non_finite_candidate_never_wins(trained, tmp_path, bad):
+    estimator, checkpoint = fresh(trained, tmp_path)
+    exporter = make_exporter()
+    # Not even as the first export: a NaN model is not worth serving.
+    assert call_export(exporter, estimator, checkpoint, {"loss": bad, "global_step": 2}) is None
+    assert call_export(exporter, estimator, checkpoint, {"loss": 3.0, "global_step": 2})
+    assert call_export(exporter, estimator, checkpoint, {"loss": bad, "global_step": 2}) is None
+    assert [m["eval_result"]["loss"] for _, m in exported(estimator.model_dir)] == [3.0]
+    exporter.close()
+
+
+def write_scalar(logdir: str, tag: str, value: float, step: int) -> None:
+    """Write one simple_value scalar event with the TF1 writer the Estimator uses."""
+    with tf.Graph().as_default():
+        writer = tf.compat.v1.summary.FileWriter(logdir)
+        value_pb = tf.compat.v1.Summary.Value(tag=tag, simple_value=value)
+        writer.add_summary(tf.compat.v1.Summary(value=[value_pb]), step)
+        writer.close()
+
+
+def test_nan_in_history_does_not_block_later_exports(trained, tmp_path):
+    estimator, checkpoint = fresh(trained, tmp_path)
+    write_scalar(os.path.join(estimator.model_dir, "eval"), "loss", math.nan, step=1)
+    exporter = make_exporter()
+    assert call_export(exporter, estimator, checkpoint, {"loss": 7.0, "global_step": 2})
+    exporter.close()
+
+
+def test_candidate_without_the_compared_key_names_its_keys(trained, tmp_path):
+    estimator, checkpoint = fresh(trained, tmp_path)
+    exporter = make_exporter(compare_fn=metric_bigger("auc"))
+    with pytest.raises(ValueError, match=r"no 'auc'.*\['accuracy', 'global_step', 'loss'\]"):
+        call_export(
+            exporter, estimator, checkpoint, {"loss": 1.0, "accuracy": 0.5, "global_step": 2}
+        )
+    exporter.close()
+
+
+@pytest.mark.slow
+def test_foreign_scalars_in_the_eval_directory_are_skipped(tmp_path):
+    model_dir = str(tmp_path / "model")
+    write_scalar(os.path.join(model_dir, "eval"), "foo", 1.0, step=1)
+    exporter = make_exporter(exports_to_keep=2)
+    tiny.train(model_dir, exporter, [5, 3, 4])
+    exporter.close()
+    assert [s for s, _ in exported(model_dir)] == [2, 4]
+
+
+# -- construction-time validation ----------------------------------------------------------
+
+
+def _wrong(best, current):
+    return True
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"compare_fn": _wrong}, "compare_fn"),
+        ({"compare_fn": None}, "compare_fn"),
+        ({"exports_to_keep": -1}, "exports_to_keep"),
+        ({"exports_to_keep": 1.5}, "exports_to_keep"),
+        ({"exports_to_keep": True}, "exports_to_keep"),
+        ({"serving_input_receiver_fn": None}, "serving_input_receiver_fn"),
+        ({"name": ""}, "name"),
+        ({"name": "a/b"}, "name"),
+        ({"event_file_pattern": "/abs/eval/*"}, "event_file_pattern"),
+        ({"as_text": "yes"}, "as_text"),
+        ({"assets_extra": ["a"]}, "assets_extra"),
+        ({"assets_extra": {"/etc/x": __file__}}, "absolute"),
+        ({"assets_extra": {"../x": __file__}}, r"'\.\.'"),
+        ({"assets_extra": {"a/../../x": __file__}}, r"'\.\.'"),
+        ({"assets_extra": {"x.txt": "/no/such/file"}}, "does not exist"),
+        ({"assets_extra": {"x": os.path.dirname(__file__)}}, "directory"),
+        ({"assets_extra": {exports_lib.METADATA_FILENAME: __file__}}, "reserved"),
+    ],
+)
+def test_bad_arguments_fail_at_construction(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make_exporter(**kwargs)
+
+
+def test_second_exporter_on_the_same_directory_is_refused(trained, tmp_path):
+    estimator, checkpoint = fresh(trained, tmp_path)
+    first = make_exporter()
+    second = make_exporter()
+    assert call_export(first, estimator, checkpoint, {"loss": 1.0, "global_step": 2})
+    with pytest.raises(ExportDirLockedError, match="Another process .*pid"):
+        call_export(second, estimator, checkpoint, {"loss": 0.5, "global_step": 2})
+    first.close()
+    assert call_export(second, estimator, checkpoint, {"loss": 0.5, "global_step": 2})
+    second.close()

@@ -1,0 +1,234 @@
+"""A tiny real Estimator whose eval loss follows a schedule, for end-to-end tests.
+
+The model is linear, ``y = x . w`` with two inputs, trained towards
+``w* = (1, 2)``. The eval labels are shifted by an offset chosen from the step
+of the checkpoint being evaluated, and the eval inputs come in ``x, -x`` pairs,
+so the cross term cancels and the eval loss is exactly
+
+    loss(step) = offset(step)**2 + mean((x . (w - w*))**2)
+
+The second term starts below 2 and shrinks with training, so scheduling
+``offset**2`` values at least 2 apart makes the loss go up and down on purpose
+while the ordering of evals is known in advance. Because the offset depends
+only on the checkpoint's step, a restarted process sees the same schedule.
+
+Run as a script, it trains with ``MLflowBestExporter`` in this process; the
+tests use that to stop, kill and restart training in a fresh process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import sys
+
+import numpy as np
+
+W_STAR = (1.0, 2.0)
+EVAL_BATCH = 64
+
+
+def eval_x() -> np.ndarray:
+    half = np.random.RandomState(7).uniform(-1, 1, size=(EVAL_BATCH // 2, 2)).astype("float32")
+    return np.concatenate([half, -half])
+
+
+def loss_at(schedule: dict[int, float], step: int) -> float:
+    """The scheduled eval loss floor for a checkpoint step (the last entry repeats)."""
+    steps = sorted(schedule)
+    chosen = steps[0]
+    for s in steps:
+        if s <= step:
+            chosen = s
+    return schedule[chosen]
+
+
+def build_estimator(model_dir: str, every: int, schedule: dict[int, float], **config):
+    import tensorflow as tf
+
+    def model_fn(features, labels, mode):
+        x = features["x"]
+        w = tf.compat.v1.get_variable("w", [2, 1], initializer=tf.compat.v1.zeros_initializer())
+        pred = tf.matmul(x, w)
+        predictions = {"y": pred}
+        if mode == tf.estimator.ModeKeys.PREDICT:
+            return tf.estimator.EstimatorSpec(mode, predictions=predictions)
+        sq = tf.square(pred - labels)
+        loss = tf.reduce_mean(sq)
+        train_op = tf.compat.v1.train.GradientDescentOptimizer(0.2).minimize(
+            loss, global_step=tf.compat.v1.train.get_global_step()
+        )
+        metrics = {
+            "mse": tf.compat.v1.metrics.mean(sq),
+            "score": tf.compat.v1.metrics.mean(-sq),
+        }
+        return tf.estimator.EstimatorSpec(
+            mode, loss=loss, train_op=train_op, predictions=predictions, eval_metric_ops=metrics
+        )
+
+    run_config = tf.estimator.RunConfig(
+        model_dir=model_dir,
+        save_checkpoints_steps=every,
+        save_summary_steps=every,
+        log_step_count_steps=10_000,
+        keep_checkpoint_max=config.pop("keep_checkpoint_max", 50),
+        tf_random_seed=1,
+        **config,
+    )
+    return tf.estimator.Estimator(model_fn, config=run_config)
+
+
+def train_input_fn():
+    import tensorflow as tf
+
+    x = np.random.RandomState(1).uniform(-1, 1, size=(256, 2)).astype("float32")
+    y = (x @ np.array(W_STAR, dtype="float32")).reshape(-1, 1)
+    return tf.data.Dataset.from_tensor_slices(({"x": x}, y)).repeat().batch(32)
+
+
+def make_eval_input_fn(model_dir: str, schedule: dict[int, float]):
+    def eval_input_fn():
+        import tensorflow as tf
+
+        checkpoint = tf.train.latest_checkpoint(model_dir)
+        step = int(checkpoint.rsplit("-", 1)[1]) if checkpoint else 0
+        offset = math.sqrt(loss_at(schedule, step))
+        x = eval_x()
+        y = (x @ np.array(W_STAR, dtype="float32")).reshape(-1, 1) + offset
+        return tf.data.Dataset.from_tensor_slices(({"x": x}, y.astype("float32"))).batch(
+            EVAL_BATCH
+        )
+
+    return eval_input_fn
+
+
+def raw_serving_input_receiver_fn():
+    import tensorflow as tf
+
+    return tf.estimator.export.build_raw_serving_input_receiver_fn(
+        {"x": tf.compat.v1.placeholder(tf.float32, [None, 2], name="x")}
+    )()
+
+
+def parsing_serving_input_receiver_fn():
+    import tensorflow as tf
+
+    return tf.estimator.export.build_parsing_serving_input_receiver_fn(
+        {"x": tf.io.FixedLenFeature([2], tf.float32)}
+    )()
+
+
+def schedule_from(losses: list[float], every: int) -> dict[int, float]:
+    """Map the n-th checkpoint (step ``every * n``) to ``losses[n - 1]``."""
+    return {every * (i + 1): float(v) for i, v in enumerate(losses)}
+
+
+def train(
+    model_dir: str,
+    exporter,
+    losses: list[float],
+    every: int = 2,
+    max_steps: int | None = None,
+    eval_name: str | None = None,
+):
+    """Run train_and_evaluate to ``max_steps`` (default: the end of the schedule)."""
+    import tensorflow as tf
+
+    schedule = schedule_from(losses, every)
+    estimator = build_estimator(model_dir, every, schedule)
+    max_steps = max_steps or every * len(losses)
+    tf.estimator.train_and_evaluate(
+        estimator,
+        tf.estimator.TrainSpec(train_input_fn, max_steps=max_steps),
+        tf.estimator.EvalSpec(
+            make_eval_input_fn(model_dir, schedule),
+            steps=1,
+            name=eval_name,
+            exporters=[exporter] if exporter is not None else [],
+            start_delay_secs=0,
+            throttle_secs=0,
+        ),
+    )
+    return estimator
+
+
+def _kill_self() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _install_kill(exporter_cls, point: str, at_step: int):
+    """Subclass the exporter so that the process SIGKILLs itself at ``point``.
+
+    This injects a crash at an exact moment, which a real signal from outside
+    cannot hit reliably; everything else stays real.
+    """
+    class Killing(exporter_cls):
+        def export(self, estimator, export_path, checkpoint_path, eval_result, is_the_final_export):
+            step = int(eval_result["global_step"])
+            if point == "before_export" and step == at_step:
+                _kill_self()  # the eval is in the event file; its export never happens
+            self._current_step = step
+            return super().export(
+                estimator, export_path, checkpoint_path, eval_result, is_the_final_export
+            )
+
+        def _collect(self, export_base, history):
+            if point == "before_retention" and self._current_step == at_step:
+                _kill_self()  # the export is on disk; retention never ran
+            return super()._collect(export_base, history)
+
+    if point == "during_retention":
+        import shutil
+
+        original_rmtree = shutil.rmtree
+
+        def rmtree_then_die(path, *args, **kwargs):
+            if os.path.basename(os.fsdecode(path)).startswith("temp-delete-"):
+                _kill_self()  # renamed out of the way, not yet deleted
+            return original_rmtree(path, *args, **kwargs)
+
+        shutil.rmtree = rmtree_then_die
+    return Killing
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model-dir", required=True)
+    parser.add_argument("--losses", required=True, help="comma separated scheduled losses")
+    parser.add_argument("--every", type=int, default=2)
+    parser.add_argument("--max-steps", type=int)
+    parser.add_argument("--exports-to-keep", default="3")
+    parser.add_argument("--compare", default="loss", choices=["loss", "score"])
+    parser.add_argument("--kill", default=None, help="POINT:STEP")
+    parser.add_argument("--exporter-kwargs", default="{}", help="JSON keyword arguments")
+    args = parser.parse_args(argv)
+
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")
+    from mlflow_best_export import MLflowBestExporter, loss_smaller, metric_bigger
+
+    exporter_cls = MLflowBestExporter
+    if args.kill:
+        point, step = args.kill.split(":")
+        exporter_cls = _install_kill(exporter_cls, point, int(step))
+    keep = None if args.exports_to_keep == "none" else int(args.exports_to_keep)
+    exporter = exporter_cls(
+        serving_input_receiver_fn=raw_serving_input_receiver_fn,
+        compare_fn=loss_smaller if args.compare == "loss" else metric_bigger("score"),
+        exports_to_keep=keep,
+        **json.loads(args.exporter_kwargs),
+    )
+    losses = [float(v) for v in args.losses.split(",")]
+    train(args.model_dir, exporter, losses, every=args.every, max_steps=args.max_steps)
+    if hasattr(exporter, "close"):
+        exporter.close()
+
+
+if __name__ == "__main__":
+    main()
