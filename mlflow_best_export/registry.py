@@ -1,0 +1,404 @@
+"""LoggedModels and Model Registry versions that mirror the kept exports.
+
+The exporter's kept exports are the truth. For each one this module makes sure
+there is one READY LoggedModel (whose artifacts are the whole SavedModel) and,
+when a registered model name is given, one model version, with the alias on the
+best. What falls out of the kept set is deleted, except what this exporter did
+not create and any version that carries another alias (a promotion script's
+``champion``, say): those are kept and logged.
+
+Deciding (:func:`plan`) is pure and separate from doing (:func:`apply`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from mlflow.entities import LoggedModel
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from mlflow_best_export.exports import Export
+from mlflow_best_export.tracking import TAG_EXPORTER, TAG_KEY, TAG_PREFIX, normalize_dir
+
+logger = logging.getLogger(__name__)
+
+TAG_EXPORT_DIR = TAG_PREFIX + "export_dir"
+TAG_STEP = "global_step"
+TAG_METRIC_PREFIX = "metric."
+TAG_CHECKPOINT = "checkpoint_path"
+TAG_MODEL_ID = TAG_PREFIX + "model_id"
+
+_RESERVED_ALIASES = ("latest",)
+
+
+def validate_alias(alias: object, argument: str = "alias") -> str:
+    """Check a registry alias name as MLflow will, before training starts.
+
+    Raises:
+      ValueError: naming ``argument`` when the alias is empty, has characters
+        other than letters, digits, ``_`` and ``-``, or is reserved
+        (``latest``, ``v<digits>``).
+    """
+    import re
+
+    if not isinstance(alias, str) or not alias:
+        raise ValueError(f"`{argument}` must be a non-empty alias name, got {alias!r}.")
+    if not re.fullmatch(r"[\w\-]+", alias, flags=re.ASCII):
+        raise ValueError(
+            f"`{argument}` {alias!r} is not a valid alias: use only letters, digits, '_' and '-'."
+        )
+    if alias.lower() in _RESERVED_ALIASES or re.fullmatch(r"[vV]\d+", alias):
+        raise ValueError(
+            f"`{argument}` {alias!r} is reserved by MLflow ('latest' and 'v<number>' name "
+            f"versions); choose another, e.g. 'best'."
+        )
+    if len(alias) > 255:
+        raise ValueError(f"`{argument}` is longer than 255 characters.")
+    return alias
+
+
+def validate_registered_model_name(name: object) -> str | None:
+    """Check a registered model name as MLflow will, before training starts.
+
+    Raises:
+      ValueError: naming ``registered_model_name`` when it is empty or has
+        '/' or ':' or is not a normalized relative name.
+    """
+    import posixpath
+
+    if name is None:
+        return None
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(
+            f"`registered_model_name` must be a non-empty string (or None), got {name!r}."
+        )
+    if "/" in name or ":" in name:
+        raise ValueError(
+            f"`registered_model_name` {name!r} must not contain '/' or ':' (MLflow uses them in "
+            f"model URIs)."
+        )
+    if posixpath.normpath(name) != name or name.startswith(".."):
+        raise ValueError(f"`registered_model_name` {name!r} is not a valid model name.")
+    return name
+
+
+# -- what is there ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A LoggedModel this exporter created."""
+
+    model_id: str
+    export_dir: str
+    ready: bool
+    artifact_location: str = ""
+
+
+@dataclass(frozen=True)
+class VersionEntry:
+    """A model version this exporter created."""
+
+    version: str
+    export_dir: str
+    model_id: str | None
+    aliases: tuple[str, ...]
+
+
+def find_models(client: MlflowClient, experiment_id: str, key: str) -> list[ModelEntry]:
+    """The live LoggedModels of one exporter (by its key tag)."""
+    entries = []
+    page_token = None
+    while True:
+        page = client.search_logged_models(
+            experiment_ids=[experiment_id],
+            filter_string=f"tags.`{TAG_KEY}` = '{key}'",
+            page_token=page_token,
+        )
+        for model in page:
+            entries.append(_model_entry(model))
+        page_token = page.token
+        if not page_token:
+            return entries
+
+
+def _model_entry(model: LoggedModel) -> ModelEntry:
+    from mlflow.entities import LoggedModelStatus
+
+    return ModelEntry(
+        model_id=model.model_id,
+        export_dir=model.tags.get(TAG_EXPORT_DIR, ""),
+        ready=model.status == LoggedModelStatus.READY,
+        artifact_location=model.artifact_location,
+    )
+
+
+def find_versions(client: MlflowClient, name: str, key: str) -> list[VersionEntry]:
+    """The live versions of ``name`` that one exporter created (by its key tag)."""
+    entries = []
+    page_token = None
+    while True:
+        page = client.search_model_versions(
+            filter_string=f"name = '{_quote(name)}' and tags.`{TAG_KEY}` = '{key}'",
+            page_token=page_token,
+        )
+        for mv in page:
+            entries.append(_version_entry(mv))
+        page_token = page.token
+        if not page_token:
+            return sorted(entries, key=lambda e: int(e.version))
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def _version_entry(mv: ModelVersion) -> VersionEntry:
+    return VersionEntry(
+        version=str(mv.version),
+        export_dir=(mv.tags or {}).get(TAG_EXPORT_DIR, ""),
+        # Not every store fills ModelVersion.model_id (SQLite does not); the tag always is.
+        model_id=getattr(mv, "model_id", None) or (mv.tags or {}).get(TAG_MODEL_ID),
+        aliases=tuple(getattr(mv, "aliases", None) or ()),
+    )
+
+
+# -- what to do ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What reconciliation will change, in the order it is done.
+
+    New models and versions come first and the alias moves before anything
+    is deleted, so the alias always points at a live version.
+    """
+
+    log: tuple[Export, ...] = ()
+    register: tuple[Export, ...] = ()
+    alias_to: Export | None = None
+    delete_versions: tuple[VersionEntry, ...] = ()
+    delete_models: tuple[ModelEntry, ...] = ()
+    protected: tuple[VersionEntry, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        """True when nothing needs to change."""
+        return not (
+            self.log or self.register or self.alias_to or self.delete_versions or self.delete_models
+        )
+
+
+def plan(
+    kept: Sequence[Export],
+    models: Iterable[ModelEntry],
+    versions: Iterable[VersionEntry] | None,
+    *,
+    alias: str | None,
+    alias_on: str | None,
+) -> Plan:
+    """Decide how to bring MLflow in line with the kept exports.
+
+    Args:
+      kept: the kept exports, best first.
+      models: this exporter's live LoggedModels.
+      versions: this exporter's live versions, or None without a registered model.
+      alias: the alias to put on the best version (None: no registry).
+      alias_on: the export directory of the version the alias is on now, if any.
+
+    Returns:
+      The :class:`Plan`.
+    """
+    kept_dirs = [normalize_dir(e.path) for e in kept]
+    by_dir = dict(zip(kept_dirs, kept, strict=True))
+    models = list(models)
+    versions = list(versions) if versions is not None else None
+
+    ready = {m.export_dir for m in models if m.ready}
+    log = tuple(by_dir[d] for d in kept_dirs if d not in ready)
+
+    delete_versions: list[VersionEntry] = []
+    protected: list[VersionEntry] = []
+    register: tuple[Export, ...] = ()
+    alias_to = None
+    protected_dirs: set[str] = set()
+    if versions is not None:
+        seen: set[str] = set()
+        for v in versions:
+            other_aliases = [a for a in v.aliases if a != alias]
+            wanted = v.export_dir in by_dir and v.export_dir not in seen
+            if wanted:
+                seen.add(v.export_dir)
+            elif other_aliases:
+                protected.append(v)
+                protected_dirs.add(v.export_dir)
+            else:
+                delete_versions.append(v)
+        register = tuple(by_dir[d] for d in kept_dirs if d not in seen)
+        if kept and alias is not None and alias_on != kept_dirs[0]:
+            alias_to = kept[0]
+
+    # A model goes when its export is gone and no protected version needs it, and a
+    # model that never became READY (a crash mid-upload) is replaced.
+    keep_models = set(kept_dirs) | protected_dirs
+    delete_models = tuple(m for m in models if not m.ready or (m.export_dir not in keep_models))
+    return Plan(
+        log=log,
+        register=register,
+        alias_to=alias_to,
+        delete_versions=tuple(delete_versions),
+        delete_models=delete_models,
+        protected=tuple(protected),
+    )
+
+
+# -- doing it -------------------------------------------------------------------------------
+
+
+def model_tags(export: Export, key: str, exporter_name: str) -> dict[str, str]:
+    """Tags of a LoggedModel or model version for one export."""
+    tags = {
+        TAG_KEY: key,
+        TAG_EXPORTER: exporter_name,
+        TAG_EXPORT_DIR: normalize_dir(export.path),
+        TAG_STEP: str(export.step),
+    }
+    if export.checkpoint_path:
+        tags[TAG_CHECKPOINT] = export.checkpoint_path
+    for name, value in sorted((export.metrics or {}).items()):
+        tags[TAG_METRIC_PREFIX + name] = _format(value)
+    return tags
+
+
+def _format(value: float) -> str:
+    return repr(float(value)) if math.isfinite(value) else str(value)
+
+
+def model_card(export: Export, run_id: str, compare_key: str | None) -> str:
+    """A short Markdown description of a version, readable on the registry page."""
+    lines = [
+        f"**Global step {export.step}**, exported by mlflow-best-export "
+        f"from `{export.checkpoint_path}`.",
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
+    for name, value in sorted((export.metrics or {}).items()):
+        marker = " (compared)" if name == compare_key else ""
+        lines.append(f"| {name}{marker} | {value:.6g} |")
+    lines += ["", f"Run: `{run_id}` · export: `{export.path}`"]
+    return "\n".join(lines)
+
+
+@dataclass
+class Registry:
+    """Applies plans for one exporter; all state is passed in explicitly."""
+
+    client: MlflowClient
+    experiment_id: str
+    run_id: str
+    key: str
+    exporter_name: str
+    registered_model_name: str | None
+    alias: str | None
+    compare_key: str | None = None
+    _models: dict[str, ModelEntry] = field(default_factory=dict)
+
+    def current(self) -> tuple[list[ModelEntry], list[VersionEntry] | None, str | None]:
+        """This exporter's models and versions, and where the alias points."""
+        models = find_models(self.client, self.experiment_id, self.key)
+        self._models = {m.export_dir: m for m in models if m.ready}
+        if self.registered_model_name is None:
+            return models, None, None
+        self.ensure_registered_model()
+        versions = find_versions(self.client, self.registered_model_name, self.key)
+        # Version searches do not return aliases on every store; the registered model has them.
+        aliases: dict[str, list[str]] = {}
+        registered = self.client.get_registered_model(self.registered_model_name)
+        for alias, version in (registered.aliases or {}).items():
+            aliases.setdefault(str(version), []).append(alias)
+        versions = [
+            replace(v, aliases=tuple(sorted(set(v.aliases) | set(aliases.get(v.version, ())))))
+            for v in versions
+        ]
+        alias_on = None
+        if self.alias is not None:
+            holder = next((v for v in versions if self.alias in v.aliases), None)
+            if holder is not None:
+                alias_on = holder.export_dir
+        return models, versions, alias_on
+
+    def ensure_registered_model(self) -> None:
+        """Create the registered model if it does not exist yet."""
+        from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+
+        try:
+            self.client.create_registered_model(
+                self.registered_model_name,
+                description="Best exports of an Estimator, kept in step by mlflow-best-export.",
+            )
+        except MlflowException as err:
+            if err.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                raise
+
+    def log_model(self, export: Export, link_metrics) -> str:
+        """Log one export as a LoggedModel; return its id."""
+        from mlflow_best_export import serving
+
+        tags = model_tags(export, self.key, self.exporter_name)
+        params = {
+            "global_step": str(export.step),
+            "export_dir": normalize_dir(export.path),
+            "checkpoint_path": str(export.checkpoint_path),
+            "exporter_name": self.exporter_name,
+        }
+        model = serving.log_model(
+            self.client,
+            export.path,
+            experiment_id=self.experiment_id,
+            run_id=self.run_id,
+            name=f"{self.exporter_name}-step-{export.step}",
+            step=export.step,
+            params=params,
+            tags=tags,
+        )
+        link_metrics(export, model.model_id)
+        export_dir = normalize_dir(export.path)
+        self._models[export_dir] = ModelEntry(
+            model.model_id, export_dir, True, model.artifact_location
+        )
+        return model.model_id
+
+    def register(self, export: Export) -> ModelVersion:
+        """Create the model version of a logged export."""
+        model = self._models[normalize_dir(export.path)]
+        tags = model_tags(export, self.key, self.exporter_name)
+        tags[TAG_MODEL_ID] = model.model_id
+        # The source is the LoggedModel's artifact location rather than models:/<id>, which
+        # not every registry resolves when the client is not the global one (local SQLite).
+        return self.client.create_model_version(
+            name=self.registered_model_name,
+            source=model.artifact_location,
+            run_id=self.run_id,
+            tags=tags,
+            description=model_card(export, self.run_id, self.compare_key),
+            model_id=model.model_id,
+        )
+
+    def set_alias(self, export: Export, versions: Mapping[str, str]) -> None:
+        """Point the alias at the version of ``export``."""
+        version = versions[normalize_dir(export.path)]
+        self.client.set_registered_model_alias(self.registered_model_name, self.alias, version)
+
+    def delete_version(self, entry: VersionEntry) -> None:
+        """Delete one of this exporter's versions."""
+        self.client.delete_model_version(self.registered_model_name, entry.version)
+
+    def delete_model(self, entry: ModelEntry) -> None:
+        """Delete one of this exporter's LoggedModels."""
+        self.client.delete_logged_model(entry.model_id)
