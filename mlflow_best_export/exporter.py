@@ -21,6 +21,7 @@ from mlflow_best_export import exports as exports_lib
 from mlflow_best_export import ranking
 from mlflow_best_export.exports import Export, ExportDirLock
 from mlflow_best_export.history import EvalHistory, EvalRecord, HistoryReader
+from mlflow_best_export.mirror import BackgroundSync, Mirror, kept_snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +136,49 @@ def _validate_exports_to_keep(exports_to_keep: Any) -> int | None:
     return exports_to_keep
 
 
+def _validate_optional_str(value: Any, argument: str, example: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(
+            f"`{argument}` must be a non-empty string such as {example}, or None; got {value!r}."
+        )
+    return value
+
+
+def _validate_timeout(value: Any, argument: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise ValueError(
+            f"`{argument}` must be a number of seconds >= 0, or None to wait without limit; "
+            f"got {value!r}."
+        )
+    return float(value)
+
+
+def _validate_flag(value: Any, argument: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"`{argument}` must be True or False, got {value!r}.")
+    return value
+
+
+def _active_run_id(tracking_uri: str | None) -> str | None:
+    """The fluent API's active run, if it lives where this exporter logs.
+
+    Read on the training thread: the fluent API keeps the active run per thread,
+    and the MLflow work happens on a worker thread.
+    """
+    import mlflow
+
+    run = mlflow.active_run()
+    if run is None:
+        return None
+    if tracking_uri is not None and tracking_uri != mlflow.get_tracking_uri():
+        return None
+    return run.info.run_id
+
+
 def _candidate_step(eval_result: Mapping[str, Any], checkpoint_path: str | None) -> int:
     if "global_step" in eval_result:
         return int(eval_result["global_step"])
@@ -195,7 +239,27 @@ class MLflowBestExporter(tf.estimator.BestExporter):
         into every export.
       as_text: write the SavedModel proto as text.
       exports_to_keep: how many of the best exports to keep on disk; None
-        keeps all.
+        keeps all. The registry keeps the same exports.
+
+    Keyword-only MLflow options:
+      log_to_mlflow: mirror the history and the kept exports into MLflow
+        (default True); False makes this a better ``BestExporter`` only.
+      tracking_uri: where to log; None uses MLflow's own resolution
+        (``MLFLOW_TRACKING_URI``, else the embedded ``sqlite:///mlflow.db``).
+      registry_uri: the Model Registry, if not at ``tracking_uri``.
+      experiment_name: the experiment of a new run (default: MLflow's choice).
+      run_id: log to this run. Without it: the active run if there is one,
+        else the run this exporter created earlier for this model directory,
+        else a new run.
+      run_name: the name of a run created here.
+      registered_model_name: register each kept export as a version of this
+        registered model; None logs models without registering them.
+      alias: the alias moved to the best version (default ``"best"``); None
+        moves none.
+      strict: raise MLflow failures from the next ``export()`` instead of
+        logging a warning and carrying on (default False).
+      flush_timeout: seconds the final export and ``close()`` wait for MLflow
+        to catch up (None: no limit).
 
     Raises:
       ValueError: if any argument is invalid; the message names the argument.
@@ -210,7 +274,20 @@ class MLflowBestExporter(tf.estimator.BestExporter):
         assets_extra: Mapping[str, str] | None = None,
         as_text: bool = False,
         exports_to_keep: int | None = 5,
+        *,
+        log_to_mlflow: bool = True,
+        tracking_uri: str | None = None,
+        registry_uri: str | None = None,
+        experiment_name: str | None = None,
+        run_id: str | None = None,
+        run_name: str | None = None,
+        registered_model_name: str | None = None,
+        alias: str | None = "best",
+        strict: bool = False,
+        flush_timeout: float | None = 600.0,
     ):
+        from mlflow_best_export import registry
+
         name = _validate_name(name)
         _validate_serving_input_receiver_fn(serving_input_receiver_fn)
         event_file_pattern = _validate_event_file_pattern(event_file_pattern)
@@ -219,6 +296,22 @@ class MLflowBestExporter(tf.estimator.BestExporter):
         if not isinstance(as_text, bool):
             raise ValueError(f"`as_text` must be True or False, got {as_text!r}.")
         exports_to_keep = _validate_exports_to_keep(exports_to_keep)
+        self._log_to_mlflow = _validate_flag(log_to_mlflow, "log_to_mlflow")
+        self._tracking_uri = _validate_optional_str(
+            tracking_uri, "tracking_uri", "'http://mlflow:5000' or 'sqlite:///mlflow.db'"
+        )
+        self._registry_uri = _validate_optional_str(
+            registry_uri, "registry_uri", "'http://mlflow:5000'"
+        )
+        self._experiment_name = _validate_optional_str(
+            experiment_name, "experiment_name", "'my-estimator'"
+        )
+        self._run_id = _validate_optional_str(run_id, "run_id", "a run's 32-character id")
+        self._run_name = _validate_optional_str(run_name, "run_name", "'nightly'")
+        self._registered_model_name = registry.validate_registered_model_name(registered_model_name)
+        self._alias = None if alias is None else registry.validate_alias(alias)
+        self._strict = _validate_flag(strict, "strict")
+        self._flush_timeout = _validate_timeout(flush_timeout, "flush_timeout")
         super().__init__(
             name=name,
             serving_input_receiver_fn=serving_input_receiver_fn,
@@ -238,6 +331,7 @@ class MLflowBestExporter(tf.estimator.BestExporter):
         self._bound_to: tuple[str, str] | None = None
         self._export_steps: dict[str, int | None] = {}
         self._unrecoverable_warned: set[int] = set()
+        self._sync: BackgroundSync | None = None
 
     @property
     def compare_fn(self) -> ranking.CompareFn:
@@ -323,6 +417,7 @@ class MLflowBestExporter(tf.estimator.BestExporter):
             )
 
         self._collect(export_base, history)
+        self._mirror(export_base, history, final=is_the_final_export)
         return new_export
 
     # -- binding to a model directory ------------------------------------------------------
@@ -341,16 +436,92 @@ class MLflowBestExporter(tf.estimator.BestExporter):
         self._export_steps.clear()
         self._unrecoverable_warned.clear()
         self._bound_to = (model_dir, export_base)
+        if self._log_to_mlflow:
+            self._sync = BackgroundSync(
+                Mirror(
+                    model_dir=model_dir,
+                    exporter_name=self.name,
+                    tracking_uri=self._tracking_uri,
+                    registry_uri=self._registry_uri,
+                    experiment_name=self._experiment_name,
+                    run_id=self._run_id or _active_run_id(self._tracking_uri),
+                    run_name=self._run_name,
+                    registered_model_name=self._registered_model_name,
+                    alias=self._alias,
+                    compare_key=self._compare_key,
+                ),
+                strict=self._strict,
+            )
 
     def _release(self) -> None:
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
-        self._bound_to = None
+        sync, self._sync = self._sync, None
+        try:
+            if sync is not None:
+                self._finish(sync)
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+            self._bound_to = None
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until MLflow mirrors every export made so far.
+
+        Returns:
+          True when MLflow is in step; False on timeout or when the last attempt
+          failed (it is retried at the next export, or by ``mlflow-best-export sync``).
+
+        Raises:
+          The last MLflow failure, when ``strict=True``.
+        """
+        if self._sync is None:
+            return True
+        return self._sync.flush(timeout)
 
     def close(self) -> None:
-        """Release the export directory so another exporter may use it."""
+        """Wait (up to ``flush_timeout``) for MLflow, then release the export directory.
+
+        Raises:
+          The last MLflow failure, when ``strict=True``.
+        """
         self._release()
+
+    def _finish(self, sync: BackgroundSync) -> None:
+        done = sync.close(self._flush_timeout)
+        if not done:
+            logger.warning(
+                "MLflow is not yet in step with %s; run `mlflow-best-export sync` or restart "
+                "training to finish.",
+                self._bound_to[1] if self._bound_to else "the export directory",
+            )
+
+    # -- the MLflow mirror ----------------------------------------------------------------
+
+    def _mirror(self, export_base: str, history: EvalHistory, *, final: bool) -> None:
+        if self._sync is None:
+            return
+        kept = self._ranked_exports(export_base, history)
+        self._sync.request(kept_snapshot(history, kept))
+        if final:
+            # The process is about to end: wait for MLflow so the run is complete.
+            self._finish_final()
+
+    def _finish_final(self) -> None:
+        sync = self._sync
+        done = sync.flush(self._flush_timeout)
+        if done:
+            try:
+                sync.mirror.finish_run()
+            except Exception as err:  # noqa: BLE001 - an MLflow outage must not stop training
+                if self._strict:
+                    raise
+                logger.warning("Could not mark the MLflow run finished: %s", err)
+        else:
+            logger.warning(
+                "MLflow did not catch up within %s s of the final export; run "
+                "`mlflow-best-export sync` to finish.",
+                self._flush_timeout,
+            )
 
     # -- decisions ----------------------------------------------------------------------
 
@@ -374,26 +545,9 @@ class MLflowBestExporter(tf.estimator.BestExporter):
 
     def _ranked_exports(self, export_base: str, history: EvalHistory) -> list[Export]:
         """This exporter's exports that can be ranked, best first."""
-        rankable = []
-        for export in exports_lib.list_exports(export_base):
-            if not export.ranked:
-                export = self._rank_from_history(export, history)
-            if export.ranked and ranking.comparable(self._compare_fn, export.metrics):
-                rankable.append(export)
-        return ranking.rank_best_first(
-            rankable, self._compare_fn, lambda e: e.metrics, lambda e: e.step
+        return exports_lib.rank_exports(
+            exports_lib.list_exports(export_base), history, self._compare_fn, self._export_steps
         )
-
-    def _rank_from_history(self, export: Export, history: EvalHistory) -> Export:
-        # Exports made by the original class carry no metadata; the global step
-        # saved in their variables finds their eval in the history.
-        if export.path not in self._export_steps:
-            self._export_steps[export.path] = exports_lib.read_export_step(export.path)
-        step = self._export_steps[export.path]
-        record = history.get(step) if step is not None else None
-        if record is None:
-            return export
-        return exports_lib.with_history(export, record.metrics, step)
 
     def _lost_bests(
         self, earlier: EvalHistory, best: Mapping[str, float] | None, model_dir: str
@@ -443,6 +597,7 @@ class MLflowBestExporter(tf.estimator.BestExporter):
             metrics=candidate.metrics,
             checkpoint_path=candidate.checkpoint_path,
             compare_key=self._compare_key,
+            compare_mode=_compare_mode(self._compare_fn),
             recovered=recovered,
         )
         with tempfile.TemporaryDirectory(prefix="mlflow_best_export-") as tmp:
@@ -473,3 +628,10 @@ def _describe(metrics: Mapping[str, float] | None, key: str | None) -> str:
     if key is not None and key in metrics:
         return f"{key}={metrics[key]:.6g}"
     return ", ".join(f"{k}={v:.6g}" for k, v in sorted(metrics.items()))
+
+
+def _compare_mode(compare_fn: ranking.CompareFn) -> str | None:
+    if ranking.compared_key(compare_fn) is None:
+        return None
+    # A compared key without a direction is the Estimator's own _loss_smaller.
+    return "max" if getattr(compare_fn, "higher_is_better", False) else "min"

@@ -99,6 +99,7 @@ def build_metadata(
     metrics: Mapping[str, float],
     checkpoint_path: str | None,
     compare_key: str | None,
+    compare_mode: str | None = None,
     recovered: bool = False,
 ) -> dict[str, Any]:
     """The metadata stored in ``assets.extra/mlflow_best_export.json``."""
@@ -111,6 +112,7 @@ def build_metadata(
         "eval_result": {k: _json_number(v) for k, v in sorted(metrics.items())},
         "checkpoint_path": checkpoint_path,
         "compare_key": compare_key,
+        "compare_mode": compare_mode,
         "recovered_after_crash": recovered,
         "export_time": time.time(),
         "host": socket.gethostname(),
@@ -210,6 +212,57 @@ def with_history(export: Export, metrics: Mapping[str, float] | None, step: int 
         checkpoint_path=export.checkpoint_path,
         has_metadata=False,
     )
+
+
+def rank_exports(
+    exports: Iterable[Export],
+    history: Any,
+    compare_fn: Any,
+    steps: dict[str, int | None] | None = None,
+) -> list[Export]:
+    """The exports that can be ranked under ``compare_fn``, best first.
+
+    Exports without metadata (made by the original class) are ranked by the
+    eval that the history holds for the ``global_step`` in their variables;
+    those that cannot be placed are left out (and so never deleted).
+
+    Args:
+      exports: the exports, e.g. from :func:`list_exports`.
+      history: an ``EvalHistory`` (anything with ``get(step)``).
+      compare_fn: the compare function to rank by.
+      steps: a cache of ``{export path: global step}`` kept between calls.
+    """
+    from mlflow_best_export import ranking
+
+    steps = {} if steps is None else steps
+    rankable = []
+    for export in exports:
+        if not export.ranked:
+            if export.path not in steps:
+                steps[export.path] = read_export_step(export.path)
+            step = steps[export.path]
+            record = history.get(step) if step is not None else None
+            if record is not None:
+                export = with_history(export, record.metrics, step)
+        if export.ranked and ranking.comparable(compare_fn, export.metrics):
+            rankable.append(export)
+    return ranking.rank_best_first(rankable, compare_fn, lambda e: e.metrics, lambda e: e.step)
+
+
+def compare_fn_of(exports: Iterable[Export]) -> Any:
+    """The compare function recorded in the newest export's metadata, or None.
+
+    Exports record the compared metric and its direction when the exporter
+    used ``loss_smaller``, ``metric_smaller`` or ``metric_bigger``.
+    """
+    from mlflow_best_export import ranking
+
+    for export in sorted(exports, key=lambda e: e.version, reverse=True):
+        key = export.metadata.get("compare_key")
+        mode = export.metadata.get("compare_mode")
+        if key and mode in ("min", "max"):
+            return ranking.metric_bigger(key) if mode == "max" else ranking.metric_smaller(key)
+    return None
 
 
 def remove_stale_temps(export_base: str) -> list[str]:

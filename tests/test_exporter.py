@@ -69,6 +69,7 @@ def assert_metadata_matches_history(model_dir, name="best_exporter"):
 
 def make_exporter(**kwargs):
     kwargs.setdefault("serving_input_receiver_fn", tiny.raw_serving_input_receiver_fn)
+    kwargs.setdefault("log_to_mlflow", False)  # the disk alone; tests/test_mlflow.py does MLflow
     return MLflowBestExporter(**kwargs)
 
 

@@ -1,0 +1,487 @@
+"""Keeping MLflow in step with a model directory: reconciliation and its worker.
+
+The model directory is the truth; MLflow is a mirror. :class:`Mirror` brings
+MLflow in line with a snapshot of the directory (the eval history and the
+kept exports): metrics not yet mirrored are logged, kept exports without a
+LoggedModel or version get one, what fell out of the kept set is deleted and
+the alias points at the best. Running it twice changes nothing the second time.
+
+:class:`BackgroundSync` runs a Mirror on a worker thread, so that ``export()``
+returns once the SavedModel is on disk. Requests coalesce: the worker always
+reconciles the newest snapshot, and whatever a crash loses is redone by the
+next reconciliation.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlflow_best_export.exports import Export
+from mlflow_best_export.history import EvalHistory, EvalRecord
+from mlflow_best_export.tracking import normalize_dir
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the model directory holds: the eval history and the kept exports, best first."""
+
+    history: EvalHistory
+    kept: tuple[Export, ...]
+
+
+@dataclass
+class SyncReport:
+    """What one reconciliation changed."""
+
+    run_id: str | None = None
+    metrics_logged: int = 0
+    models_logged: list[int] = field(default_factory=list)
+    versions_created: list[int] = field(default_factory=list)
+    versions_deleted: list[str] = field(default_factory=list)
+    models_deleted: list[str] = field(default_factory=list)
+    protected_versions: list[str] = field(default_factory=list)
+    alias_moved_to: int | None = None
+
+    @property
+    def changed(self) -> bool:
+        """True when anything in MLflow changed."""
+        return bool(
+            self.metrics_logged
+            or self.models_logged
+            or self.versions_created
+            or self.versions_deleted
+            or self.models_deleted
+            or self.alias_moved_to is not None
+        )
+
+    def summary(self) -> str:
+        """One line for logs and the command line."""
+        if not self.changed:
+            return "MLflow is in step with the model directory; nothing to change."
+        parts = []
+        if self.metrics_logged:
+            parts.append(f"{self.metrics_logged} eval steps mirrored")
+        if self.models_logged:
+            parts.append(f"models logged for steps {self.models_logged}")
+        if self.versions_created:
+            parts.append(f"versions created for steps {self.versions_created}")
+        if self.versions_deleted:
+            parts.append(f"versions deleted: {', '.join(self.versions_deleted)}")
+        if self.models_deleted:
+            parts.append(f"{len(self.models_deleted)} logged models deleted")
+        if self.alias_moved_to is not None:
+            parts.append(f"alias moved to step {self.alias_moved_to}")
+        return "; ".join(parts) + "."
+
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+class Mirror:
+    """Reconciles one exporter's model directory into MLflow.
+
+    Args:
+      model_dir: the Estimator's model directory.
+      exporter_name: the exporter's name (``export/<name>``).
+      tracking_uri: where MLflow lives; None uses MLflow's own resolution.
+      registry_uri: the Model Registry's URI, if not the tracking URI.
+      experiment_name: the experiment for a new run.
+      run_id: an explicit run to log to.
+      run_name: the name of a run created here.
+      registered_model_name: register kept exports under this name (None: do not register).
+      alias: the alias moved to the best version.
+      compare_key: the compared metric, shown in version descriptions.
+    """
+
+    def __init__(
+        self,
+        *,
+        model_dir: str,
+        exporter_name: str,
+        tracking_uri: str | None = None,
+        registry_uri: str | None = None,
+        experiment_name: str | None = None,
+        run_id: str | None = None,
+        run_name: str | None = None,
+        registered_model_name: str | None = None,
+        alias: str | None = "best",
+        compare_key: str | None = None,
+    ):
+        self.model_dir = model_dir
+        self.exporter_name = exporter_name
+        self._tracking_uri = tracking_uri
+        self._registry_uri = registry_uri
+        self._experiment_name = experiment_name
+        self._run_id = run_id
+        self._run_name = run_name
+        self.registered_model_name = registered_model_name
+        self.alias = alias if registered_model_name else None
+        self._compare_key = compare_key
+        self._client = None
+        self._run = None
+        self._metrics = None
+        self._registry = None
+        self._in_step_with: tuple[str, ...] | None = None
+
+    # -- connection ------------------------------------------------------------------------
+
+    def _connect(self):
+        from mlflow.tracking import MlflowClient
+
+        from mlflow_best_export import registry, tracking
+
+        if self._client is None:
+            self._client = MlflowClient(
+                tracking_uri=self._tracking_uri, registry_uri=self._registry_uri
+            )
+        if self._run is None:
+            self._run = tracking.resolve_run(
+                self._client,
+                model_dir=self.model_dir,
+                exporter_name=self.exporter_name,
+                experiment_name=self._experiment_name,
+                run_id=self._run_id,
+                run_name=self._run_name,
+            )
+            self._metrics = tracking.MetricMirror(self._client, self._run.run_id)
+            self._registry = registry.Registry(
+                client=self._client,
+                experiment_id=self._run.experiment_id,
+                run_id=self._run.run_id,
+                key=tracking.exporter_key(self.model_dir, self.exporter_name),
+                exporter_name=self.exporter_name,
+                registered_model_name=self.registered_model_name,
+                alias=self.alias,
+                compare_key=self._compare_key,
+            )
+        return self._client
+
+    @property
+    def run_id(self) -> str | None:
+        """The run being logged to, once known."""
+        return self._run.run_id if self._run is not None else None
+
+    def reset(self) -> None:
+        """Forget cached MLflow state; the next sync asks MLflow afresh."""
+        if self._metrics is not None:
+            self._metrics.forget()
+        self._in_step_with = None
+
+    # -- reconciliation --------------------------------------------------------------------
+
+    def sync(self, snapshot: Snapshot, progress: ProgressFn | None = None) -> SyncReport:
+        """Bring MLflow in line with ``snapshot``; idempotent.
+
+        Raises:
+          MlflowException or OSError: on any failure; what succeeded stays
+            done and the next call carries on from there.
+        """
+        from mlflow_best_export import registry as registry_lib
+
+        self._connect()
+        report = SyncReport(run_id=self.run_id)
+        report.metrics_logged = self._metrics.mirror(snapshot.history.records)
+
+        kept_dirs = tuple(normalize_dir(e.path) for e in snapshot.kept)
+        if kept_dirs == self._in_step_with:
+            return report
+        reg = self._registry
+        models, versions, alias_on = reg.current()
+        the_plan = registry_lib.plan(
+            snapshot.kept, models, versions, alias=self.alias, alias_on=alias_on
+        )
+        total = len(the_plan.log) + len(the_plan.register)
+        done = 0
+
+        for entry in the_plan.delete_models:
+            if not entry.ready:  # a crash mid-upload left it; it is replaced below
+                reg.delete_model(entry)
+                report.models_deleted.append(entry.model_id)
+        for export in the_plan.log:
+            reg.log_model(export, lambda e, model_id: self._link(snapshot.history, e, model_id))
+            report.models_logged.append(export.step)
+            done += 1
+            if progress:
+                progress("logged", done, total)
+        version_of = {
+            v.export_dir: v.version for v in (versions or ()) if v not in the_plan.delete_versions
+        }
+        for export in the_plan.register:
+            mv = reg.register(export)
+            version_of[normalize_dir(export.path)] = str(mv.version)
+            report.versions_created.append(export.step)
+            done += 1
+            if progress:
+                progress("registered", done, total)
+        if the_plan.alias_to is not None:
+            reg.set_alias(the_plan.alias_to, version_of)
+            report.alias_moved_to = the_plan.alias_to.step
+        for entry in the_plan.delete_versions:
+            reg.delete_version(entry)
+            report.versions_deleted.append(entry.version)
+        for entry in the_plan.delete_models:
+            if entry.ready:
+                reg.delete_model(entry)
+                report.models_deleted.append(entry.model_id)
+        for entry in the_plan.protected:
+            logger.info(
+                "Keeping version %s of %s although its export is gone: it carries the alias %s.",
+                entry.version,
+                self.registered_model_name,
+                ", ".join(a for a in entry.aliases if a != self.alias),
+            )
+        report.protected_versions = [v.version for v in the_plan.protected]
+        self._in_step_with = kept_dirs
+        return report
+
+    def _link(self, history: EvalHistory, export: Export, model_id: str) -> None:
+        record = history.get(export.step) if export.step is not None else None
+        if record is None or not record.metrics:
+            # The history may be gone (a copied export directory); the export's own
+            # metadata still knows the eval result.
+            record = EvalRecord(export.step, time.time(), dict(export.metrics or {}), None)
+        self._metrics.link(record, model_id)
+
+    def finish_run(self) -> None:
+        """Mark a run this exporter created as finished."""
+        if self._run is not None and self._run.created_here:
+            self._client.set_terminated(self._run.run_id, "FINISHED")
+
+
+class BackgroundSync:
+    """Runs a :class:`Mirror` on a worker thread, newest snapshot first.
+
+    ``request()`` never blocks. Failures are logged as warnings (one per
+    outage, not one per attempt) and retried at the next request; with
+    ``strict=True`` the failure is raised by the next ``request()`` or ``flush()``.
+    """
+
+    def __init__(self, mirror: Mirror, *, strict: bool = False, exit_flush_timeout: float = 60.0):
+        self.mirror = mirror
+        self.strict = strict
+        self.exit_flush_timeout = exit_flush_timeout
+        self._cond = threading.Condition()
+        self._pending: Snapshot | None = None
+        self._requested = 0
+        self._finished = 0
+        self._error: BaseException | None = None
+        self._failing = False
+        self._closed = False
+        self.last_report: SyncReport | None = None
+        self._thread = threading.Thread(
+            target=self._run, name="mlflow-best-export-sync", daemon=True
+        )
+        self._thread.start()
+        ref = weakref.ref(self)
+        self._atexit = lambda: (lambda s: s and s._flush_at_exit())(ref())
+        atexit.register(self._atexit)
+
+    def request(self, snapshot: Snapshot) -> None:
+        """Ask for MLflow to be brought in line with ``snapshot``."""
+        self.raise_if_failed()
+        with self._cond:
+            self._pending = snapshot
+            self._requested += 1
+            self._cond.notify_all()
+
+    def raise_if_failed(self) -> None:
+        """In strict mode, raise the last failure until a sync succeeds again."""
+        if self.strict and self._error is not None:
+            raise self._error
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every request so far is handled.
+
+        Returns:
+          True when every request was handled in time and the last attempt
+          succeeded; False on timeout or when MLflow failed (retried at the next
+          request).
+
+        Raises:
+          The last failure, in strict mode.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            target = self._requested
+            while self._finished < target and self._thread.is_alive():
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            done = self._finished >= target
+        self.raise_if_failed()
+        return done and not self._failing
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Flush, then stop the worker."""
+        try:
+            return self.flush(timeout)
+        finally:
+            with self._cond:
+                self._closed = True
+                self._cond.notify_all()
+            atexit.unregister(self._atexit)
+
+    def _flush_at_exit(self) -> None:
+        if self._closed:
+            return
+        with self._cond:
+            outstanding = self._finished < self._requested
+        if outstanding:
+            logger.info(
+                "Waiting up to %.0f s for MLflow to catch up before exit.", self.exit_flush_timeout
+            )
+        try:
+            done = self.flush(self.exit_flush_timeout)
+        except Exception as err:  # noqa: BLE001 - nothing may escape an exit hook
+            logger.warning("MLflow is not in step with the model directory at exit: %s", err)
+            return
+        if not done:
+            logger.warning(
+                "MLflow did not catch up within %.0f s of exit; run `mlflow-best-export sync` "
+                "(or restart training) to finish.",
+                self.exit_flush_timeout,
+            )
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._pending is None and not self._closed:
+                    self._cond.wait()
+                if self._pending is None and self._closed:
+                    return
+                snapshot, self._pending = self._pending, None
+                target = self._requested
+            self._sync_once(snapshot)
+            with self._cond:
+                self._finished = max(self._finished, target)
+                self._cond.notify_all()
+
+    def _sync_once(self, snapshot: Snapshot) -> None:
+        try:
+            self.last_report = self.mirror.sync(snapshot)
+        except Exception as err:  # noqa: BLE001 - an MLflow outage must not stop training
+            self.mirror.reset()
+            if self.strict:
+                self._error = err
+            if not self._failing:
+                logger.warning(
+                    "Could not bring MLflow in line with the model directory (%s: %s); "
+                    "training continues and the next export retries.",
+                    type(err).__name__,
+                    err,
+                )
+            else:
+                logger.debug("MLflow still failing: %s", err)
+            self._failing = True
+            return
+        if self._failing:
+            logger.warning("MLflow is reachable again and back in step with the model directory.")
+        self._failing = False
+        self._error = None
+        if self.last_report.changed:
+            logger.info("MLflow sync: %s", self.last_report.summary())
+
+
+def snapshot_of(
+    model_dir: str,
+    *,
+    exporter_name: str = "best_exporter",
+    event_file_pattern: str | None = "eval/*.tfevents.*",
+    compare_fn: Any = None,
+) -> Snapshot:
+    """Read a Snapshot from a model directory, as the exporter would see it.
+
+    Args:
+      model_dir: the Estimator's model directory.
+      exporter_name: the exporter's name (exports are under ``export/<name>``).
+      event_file_pattern: the eval event files; None for no history.
+      compare_fn: how the exports rank; None takes the compared metric and
+        direction recorded in the exports' metadata.
+
+    Raises:
+      ValueError: when the model directory does not exist, or ``compare_fn``
+        is None and the exports do not record how they were compared.
+    """
+    import os
+
+    from mlflow_best_export import exports as exports_lib
+    from mlflow_best_export.history import read_eval_history
+
+    if not os.path.isdir(model_dir):
+        raise ValueError(f"The model directory {model_dir!r} does not exist.")
+    history = read_eval_history(model_dir, event_file_pattern) if event_file_pattern else None
+    history = history if history is not None else EvalHistory([])
+    exports = exports_lib.list_exports(os.path.join(model_dir, "export", exporter_name))
+    if compare_fn is None:
+        compare_fn = exports_lib.compare_fn_of(exports)
+        if compare_fn is None and exports:
+            raise ValueError(
+                f"The exports under {model_dir}/export/{exporter_name} do not record how they "
+                f"were compared (a custom compare_fn); say which metric ranks them, e.g. "
+                f"--metric loss --mode min."
+            )
+    kept = exports_lib.rank_exports(exports, history, compare_fn) if exports else []
+    return Snapshot(history=history, kept=tuple(kept))
+
+
+def sync(
+    model_dir: str,
+    *,
+    exporter_name: str = "best_exporter",
+    event_file_pattern: str | None = "eval/*.tfevents.*",
+    compare_fn: Any = None,
+    tracking_uri: str | None = None,
+    registry_uri: str | None = None,
+    experiment_name: str | None = None,
+    run_id: str | None = None,
+    registered_model_name: str | None = None,
+    alias: str | None = "best",
+    progress: ProgressFn | None = None,
+) -> SyncReport:
+    """Bring MLflow in line with a model directory, as the exporter does on start.
+
+    Mirrors missing eval metrics into the exporter's run (found by tag, or
+    ``run_id``), logs and registers kept exports that have no LoggedModel or
+    version yet, deletes what this exporter logged for exports that are gone
+    (never a version with another alias), and moves the alias to the best.
+
+    Raises:
+      ValueError: for a missing model directory or unknown ranking.
+      MlflowException: when MLflow fails; what succeeded stays done.
+    """
+    snapshot = snapshot_of(
+        model_dir,
+        exporter_name=exporter_name,
+        event_file_pattern=event_file_pattern,
+        compare_fn=compare_fn,
+    )
+    key = None
+    if snapshot.kept:
+        key = snapshot.kept[0].metadata.get("compare_key")
+    mirror = Mirror(
+        model_dir=model_dir,
+        exporter_name=exporter_name,
+        tracking_uri=tracking_uri,
+        registry_uri=registry_uri,
+        experiment_name=experiment_name,
+        run_id=run_id,
+        registered_model_name=registered_model_name,
+        alias=alias,
+        compare_key=key,
+    )
+    return mirror.sync(snapshot, progress)
+
+
+def kept_snapshot(history: EvalHistory, kept: Sequence[Export]) -> Snapshot:
+    """A Snapshot of the history and the kept exports (best first)."""
+    return Snapshot(history=history, kept=tuple(kept))

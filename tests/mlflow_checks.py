@@ -1,0 +1,168 @@
+"""Invariants that tie MLflow to a model directory, and a real `mlflow server` to test against."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+
+from mlflow.tracking import MlflowClient
+
+from mlflow_best_export import exports as exports_lib
+from mlflow_best_export import read_eval_history
+from mlflow_best_export.registry import TAG_EXPORT_DIR, find_models, find_versions
+from mlflow_best_export.tracking import TAG_KEY, exporter_key, normalize_dir, sanitize_metric_name
+
+
+def kept_dirs(model_dir: str, name: str = "best_exporter") -> list[str]:
+    base = os.path.join(model_dir, "export", name)
+    return sorted(normalize_dir(e.path) for e in exports_lib.list_exports(base))
+
+
+def exporter_runs(client: MlflowClient, model_dir: str, name: str = "best_exporter"):
+    key = exporter_key(model_dir, name)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(experiments, filter_string=f"tags.`{TAG_KEY}` = '{key}'")
+
+
+def check_mlflow(
+    model_dir: str,
+    tracking_uri: str,
+    *,
+    registered_model_name: str | None = None,
+    name: str = "best_exporter",
+    alias: str = "best",
+    best_step: int | None = None,
+    run_id: str | None = None,
+) -> dict:
+    """Assert that MLflow mirrors the model directory exactly; return what was found.
+
+    - one run for this exporter (or the given ``run_id``), holding every eval
+      step's metrics exactly once;
+    - live READY LoggedModels == kept exports;
+    - live versions of this exporter == kept exports, alias on the best.
+    """
+    client = MlflowClient(tracking_uri)
+    key = exporter_key(model_dir, name)
+    if run_id is None:
+        runs = exporter_runs(client, model_dir, name)
+        assert len(runs) == 1, [r.info.run_id for r in runs]
+        run = runs[0]
+    else:
+        run = client.get_run(run_id)
+    history = read_eval_history(model_dir)
+    assert history.records, "no eval history"
+    for metric in {k for r in history.records for k in r.metrics}:
+        logged = client.get_metric_history(run.info.run_id, sanitize_metric_name(metric))
+        steps = [m.step for m in logged]
+        expected = [r.step for r in history.records if metric in r.metrics]
+        assert sorted(steps) == expected, (metric, sorted(steps), expected)
+
+    kept = kept_dirs(model_dir, name)
+    models = find_models(client, run.info.experiment_id, key)
+    assert all(m.ready for m in models), models
+    assert sorted(m.export_dir for m in models) == kept, (models, kept)
+
+    found = {"run": run, "models": models, "kept": kept}
+    if registered_model_name is not None:
+        versions = find_versions(client, registered_model_name, key)
+        assert sorted(v.export_dir for v in versions) == kept, (versions, kept)
+        best = client.get_model_version_by_alias(registered_model_name, alias)
+        assert best.tags[TAG_KEY] == key
+        if best_step is not None:
+            assert best.tags["global_step"] == str(best_step), best.tags
+        assert best.tags[TAG_EXPORT_DIR] in kept
+        found["versions"] = versions
+        found["best"] = best
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class MlflowServer:
+    """A real `mlflow server` subprocess on 127.0.0.1, with a SQLite backend by default."""
+
+    root: str
+    port: int = 0
+    backend_store_uri: str | None = None
+    process: subprocess.Popen | None = None
+
+    def __post_init__(self):
+        self.port = self.port or free_port()
+        self.backend_store_uri = self.backend_store_uri or f"sqlite:///{self.root}/server.db"
+        os.makedirs(self.root, exist_ok=True)
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 120) -> MlflowServer:
+        env = dict(os.environ)
+        env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+        env.pop("MLFLOW_TRACKING_URI", None)
+        self._log = open(os.path.join(self.root, "server.log"), "ab")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--backend-store-uri",
+                self.backend_store_uri,
+                "--artifacts-destination",
+                os.path.join(self.root, "artifacts"),
+                "--workers",
+                "1",
+            ],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mlflow server exited: {self.tail()}")
+            try:
+                with urllib.request.urlopen(self.uri + "/health", timeout=2) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"mlflow server did not start in {timeout}s: {self.tail()}")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(30)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(30)
+        self.process = None
+        self._log.close()
+
+    def tail(self) -> str:
+        try:
+            with open(os.path.join(self.root, "server.log"), "rb") as f:
+                return f.read()[-3000:].decode(errors="replace")
+        except OSError:
+            return ""
