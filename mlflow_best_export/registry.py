@@ -270,6 +270,9 @@ def model_tags(export: Export, key: str, exporter_name: str) -> dict[str, str]:
     }
     if export.checkpoint_path:
         tags[TAG_CHECKPOINT] = export.checkpoint_path
+    for name in ("compare_key", "compare_mode"):
+        if export.metadata.get(name):
+            tags[TAG_PREFIX + name] = str(export.metadata[name])
     for name, value in sorted((export.metrics or {}).items()):
         tags[TAG_METRIC_PREFIX + name] = _format(value)
     return tags
@@ -402,3 +405,84 @@ class Registry:
     def delete_model(self, entry: ModelEntry) -> None:
         """Delete one of this exporter's LoggedModels."""
         self.client.delete_logged_model(entry.model_id)
+
+
+# -- retention on demand (``mlflow-best-export gc``) -----------------------------------------
+
+
+@dataclass(frozen=True)
+class GcPlan:
+    """Versions ``gc`` deletes (with the reason) and those it keeps for their aliases."""
+
+    delete: tuple[tuple[VersionEntry, str], ...] = ()
+    protected: tuple[VersionEntry, ...] = ()
+
+
+def all_versions(client: MlflowClient, name: str) -> list[tuple[VersionEntry, dict[str, str]]]:
+    """Every live version of ``name`` with its tags, aliases filled in from the model."""
+    registered = client.get_registered_model(name)
+    aliases: dict[str, list[str]] = {}
+    for alias, version in (registered.aliases or {}).items():
+        aliases.setdefault(str(version), []).append(alias)
+    found = []
+    page_token = None
+    while True:
+        page = client.search_model_versions(
+            filter_string=f"name = '{_quote(name)}'", page_token=page_token
+        )
+        for mv in page:
+            entry = _version_entry(mv)
+            merged = tuple(sorted(set(entry.aliases) | set(aliases.get(entry.version, ()))))
+            found.append((replace(entry, aliases=merged), dict(mv.tags or {})))
+        page_token = page.token
+        if not page_token:
+            return sorted(found, key=lambda item: int(item[0].version))
+
+
+def gc_plan(client: MlflowClient, name: str, keep: int) -> GcPlan:
+    """Which versions of ``name`` fall outside the ``keep`` best of their exporter.
+
+    Only versions this package created and whose tags say how they rank are
+    considered; a version with any alias is never deleted.
+    """
+    groups: dict[str, list[tuple[VersionEntry, dict[str, str], float, int]]] = {}
+    for entry, tags in all_versions(client, name):
+        key = tags.get(TAG_KEY)
+        metric = tags.get(TAG_PREFIX + "compare_key")
+        mode = tags.get(TAG_PREFIX + "compare_mode")
+        raw = tags.get(TAG_METRIC_PREFIX + metric) if metric else None
+        if not key or mode not in ("min", "max") or raw is None:
+            continue
+        value = float(raw)
+        if not math.isfinite(value):
+            value = math.inf
+        elif mode == "max":
+            value = -value
+        groups.setdefault(key, []).append((entry, tags, value, int(tags.get(TAG_STEP, 0))))
+    delete: list[tuple[VersionEntry, str]] = []
+    protected: list[VersionEntry] = []
+    for members in groups.values():
+        members.sort(key=lambda m: (m[2], -m[3]))
+        for entry, tags, _, step in members[keep:]:
+            if entry.aliases:
+                protected.append(entry)
+                continue
+            metric = tags[TAG_PREFIX + "compare_key"]
+            delete.append(
+                (
+                    entry,
+                    f"step {step}, {metric}={tags[TAG_METRIC_PREFIX + metric]}: not among the "
+                    f"{keep} best of exporter {tags.get(TAG_EXPORTER, '?')}",
+                )
+            )
+    return GcPlan(delete=tuple(delete), protected=tuple(protected))
+
+
+def delete_version_and_model(client: MlflowClient, name: str, entry: VersionEntry) -> None:
+    """Delete a version and the LoggedModel it was made from."""
+    client.delete_model_version(name, entry.version)
+    if entry.model_id:
+        try:
+            client.delete_logged_model(entry.model_id)
+        except MlflowException as err:
+            logger.info("LoggedModel %s of version %s: %s", entry.model_id, entry.version, err)

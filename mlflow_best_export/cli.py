@@ -1,0 +1,447 @@
+"""The ``mlflow-best-export`` command line: history, sync, promote, gc.
+
+Exit codes: 0 success, 1 the command could not do what was asked (the reason
+is printed as one line on stderr), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import operator
+import os
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import click
+
+from mlflow_best_export.history import EvalHistory
+
+logger = logging.getLogger(__name__)
+
+_TRACKING_URI_HELP = (
+    "MLflow tracking URI (default: MLFLOW_TRACKING_URI, else MLflow's sqlite:///mlflow.db)."
+)
+
+
+class CommandError(click.ClickException):
+    """A failure reported as one line and exit code 1."""
+
+    exit_code = 1
+
+    def show(self, file=None) -> None:  # noqa: ANN001 - click's signature
+        click.echo(f"Error: {self.format_message()}", err=True, file=file)
+
+
+def _one_line_errors(fn: Callable) -> Callable:
+    """Turn expected failures (bad input, MLflow errors) into one clear line and exit 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return fn(*args, **kwargs)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except MlflowException as err:
+            raise CommandError(_first_line(err.message)) from err
+        except (ValueError, OSError) as err:
+            raise CommandError(_first_line(str(err))) from err
+
+    return wrapper
+
+
+def _first_line(text: str) -> str:
+    return (text or "").strip().splitlines()[0] if (text or "").strip() else "unknown error"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mlflow-best-export")
+@click.option("-v", "--verbose", is_flag=True, help="Log what happens (INFO).")
+def main(verbose: bool) -> None:
+    """Best Estimator exports, kept in step with MLflow."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+# -- history ----------------------------------------------------------------------------------
+
+
+def _best_metric(history: EvalHistory, metric: str | None) -> str | None:
+    keys = {k for r in history.records for k in r.metrics}
+    if metric is not None:
+        if keys and metric not in keys:
+            raise CommandError(f"No eval record has the metric {metric!r}; it has {sorted(keys)}.")
+        return metric
+    return "loss" if "loss" in keys else None
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(file_okay=False))
+@click.option(
+    "--pattern",
+    default="eval/*.tfevents.*",
+    show_default=True,
+    help="Eval event files, relative to MODEL_DIR.",
+)
+@click.option("--metric", default=None, help="Metric that marks the best record [default: loss].")
+@click.option(
+    "--mode",
+    type=click.Choice(["min", "max"]),
+    default="min",
+    show_default=True,
+    help="Whether a smaller or a bigger METRIC is better.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+)
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also draw METRIC over steps, exports marked, into this PNG file.",
+)
+@click.option(
+    "--exporter-name",
+    default="best_exporter",
+    show_default=True,
+    help="Exporter whose kept exports the plot highlights.",
+)
+@_one_line_errors
+def history(model_dir, pattern, metric, mode, fmt, plot, exporter_name) -> None:
+    """Print the eval history recovered from MODEL_DIR's event files; mark the best."""
+    from mlflow_best_export.history import read_eval_history
+    from mlflow_best_export.ranking import metric_bigger, metric_smaller, rank_best_first
+
+    if not os.path.isdir(model_dir):
+        raise CommandError(f"The model directory {model_dir!r} does not exist.")
+    hist = read_eval_history(model_dir, pattern)
+    if not hist.records:
+        raise CommandError(f"No eval records under {os.path.join(model_dir, pattern)}.")
+    metric = _best_metric(hist, metric)
+    frame = hist.to_pandas()
+    best_step = None
+    if metric is not None:
+        compare_fn = metric_bigger(metric) if mode == "max" else metric_smaller(metric)
+        candidates = [r for r in hist.records if metric in r.metrics]
+        ranked = rank_best_first(candidates, compare_fn, lambda r: r.metrics, lambda r: r.step)
+        ranked = [r for r in ranked if math.isfinite(r.metrics[metric])]
+        best_step = ranked[0].step if ranked else None
+    frame.insert(0, "best", frame["step"] == best_step)
+
+    if fmt == "csv":
+        click.echo(frame.to_csv(index=False), nl=False)
+    elif fmt == "json":
+        rows = json.loads(frame.to_json(orient="records"))
+        click.echo(
+            json.dumps(
+                {"metric": metric, "mode": mode, "best_step": best_step, "records": rows}, indent=2
+            )
+        )
+    else:
+        shown = frame.drop(columns=["wall_time"])
+        shown["best"] = shown["best"].map({True: "*", False: ""})
+        click.echo(shown.to_string(index=False))
+        if best_step is not None:
+            click.echo(f"\nbest: step {best_step} ({metric}, {mode})")
+    if plot:
+        _plot(hist, model_dir, exporter_name, metric, mode, plot)
+
+
+def _plot(hist, model_dir, exporter_name, metric, mode, path) -> None:
+    from mlflow_best_export import exports as exports_lib
+    from mlflow_best_export.plots import history_figure
+
+    if metric is None:
+        raise CommandError("--plot needs --metric: the history has no 'loss'.")
+    kept = exports_lib.list_exports(os.path.join(model_dir, "export", exporter_name))
+    steps = [e.step for e in kept if e.step is not None]
+    figure = history_figure(hist, metric, higher_is_better=mode == "max", kept_steps=steps)
+    figure.savefig(path)
+    click.echo(f"plot written to {path}", err=True)
+
+
+# -- sync -------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(file_okay=False))
+@click.option(
+    "--registered-model",
+    "registered_model",
+    default=None,
+    help="Register kept exports as versions of this model.",
+)
+@click.option("--alias", default="best", show_default=True, help="Alias moved to the best.")
+@click.option("--exporter-name", default="best_exporter", show_default=True)
+@click.option(
+    "--pattern",
+    default="eval/*.tfevents.*",
+    show_default=True,
+    help="Eval event files, relative to MODEL_DIR.",
+)
+@click.option(
+    "--metric", default=None, help="Rank exports by this metric (default: what the exports record)."
+)
+@click.option("--mode", type=click.Choice(["min", "max"]), default=None)
+@click.option("--experiment-name", default=None, help="Experiment of a run created here.")
+@click.option("--run-id", default=None, help="Mirror into this run.")
+@click.option("--tracking-uri", default=None, help=_TRACKING_URI_HELP)
+@_one_line_errors
+def sync(
+    model_dir,
+    registered_model,
+    alias,
+    exporter_name,
+    pattern,
+    metric,
+    mode,
+    experiment_name,
+    run_id,
+    tracking_uri,
+) -> None:
+    """Bring MLflow in line with MODEL_DIR (what the exporter does when it starts).
+
+    Mirrors missing eval metrics, logs and registers kept exports that have no
+    model or version yet, deletes what this exporter logged for exports that
+    are gone (never a version with another alias), and moves the alias.
+    """
+    from mlflow_best_export import mirror, registry
+    from mlflow_best_export.ranking import metric_bigger, metric_smaller
+
+    if not os.path.isdir(model_dir):
+        raise CommandError(f"The model directory {model_dir!r} does not exist.")
+    if registered_model is not None:
+        registry.validate_registered_model_name(registered_model)
+    alias = registry.validate_alias(alias, "--alias")
+    compare_fn = None
+    if metric is not None:
+        compare_fn = metric_bigger(metric) if mode == "max" else metric_smaller(metric)
+    elif mode is not None:
+        raise click.UsageError("--mode needs --metric.")
+
+    bar = _Progress()
+    try:
+        report = mirror.sync(
+            os.path.abspath(model_dir),
+            exporter_name=exporter_name,
+            event_file_pattern=pattern,
+            compare_fn=compare_fn,
+            tracking_uri=tracking_uri,
+            experiment_name=experiment_name,
+            run_id=run_id,
+            registered_model_name=registered_model,
+            alias=alias,
+            progress=bar,
+        )
+    finally:
+        bar.close()
+    click.echo(f"run {report.run_id}: {report.summary()}")
+    if report.protected_versions:
+        click.echo(
+            f"kept versions {', '.join(report.protected_versions)} of {registered_model}: "
+            f"their exports are gone but they carry another alias."
+        )
+
+
+class _Progress:
+    """A click progress bar, shown only when there are several models to upload."""
+
+    def __init__(self) -> None:
+        self._bar = None
+
+    def __call__(self, what: str, done: int, total: int) -> None:
+        if self._bar is None and total >= 3:
+            self._bar = click.progressbar(
+                length=total, label="logging and registering exports", file=sys.stderr
+            )
+            self._bar.__enter__()
+        if self._bar is not None:
+            self._bar.update(done - self._bar.pos)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+
+
+# -- promote ----------------------------------------------------------------------------------
+
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    "<=": operator.le,
+    ">=": operator.ge,
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    ">": operator.gt,
+}
+_REQUIREMENT = re.compile(r"^\s*([^<>=!\s]+)\s*(<=|>=|==|!=|<|>)\s*(\S+)\s*$")
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """A metric requirement such as ``loss<0.3``, checked against a version's metric tags."""
+
+    metric: str
+    op: str
+    value: float
+
+    @classmethod
+    def parse(cls, text: str) -> Requirement:
+        """Parse ``METRIC OP NUMBER`` (OP one of < <= > >= == !=).
+
+        Raises:
+          click.BadParameter: for anything else.
+        """
+        match = _REQUIREMENT.match(text)
+        if not match:
+            raise click.BadParameter(
+                f"{text!r} is not METRIC OP NUMBER, e.g. 'loss<0.3' (OP: < <= > >= == !=).",
+                param_hint="--require",
+            )
+        try:
+            value = float(match.group(3))
+        except ValueError:
+            raise click.BadParameter(
+                f"{match.group(3)!r} in {text!r} is not a number.", param_hint="--require"
+            ) from None
+        return cls(match.group(1), match.group(2), value)
+
+    def check(self, tags: dict[str, str]) -> str | None:
+        """None when met, else the reason it is not."""
+        from mlflow_best_export.registry import TAG_METRIC_PREFIX
+
+        raw = tags.get(TAG_METRIC_PREFIX + self.metric)
+        if raw is None:
+            have = sorted(
+                k[len(TAG_METRIC_PREFIX) :] for k in tags if k.startswith(TAG_METRIC_PREFIX)
+            )
+            return f"it has no metric {self.metric!r} (it has {have})"
+        value = float(raw)
+        if not _OPS[self.op](value, self.value):
+            return f"{self.metric}={value:.6g} fails {self.metric}{self.op}{self.value:g}"
+        return None
+
+
+@main.command()
+@click.argument("name")
+@click.option("--from-alias", default="best", show_default=True, help="Alias to promote from.")
+@click.option("--to-alias", default="champion", show_default=True, help="Alias to move.")
+@click.option(
+    "--require",
+    "requirements",
+    multiple=True,
+    help="Metric requirement such as 'loss<0.3'; may be repeated.",
+)
+@click.option("--dry-run", is_flag=True, help="Say what would happen; change nothing.")
+@click.option("--tracking-uri", default=None, help=_TRACKING_URI_HELP)
+@_one_line_errors
+def promote(name, from_alias, to_alias, requirements, dry_run, tracking_uri) -> None:
+    """Move alias TO_ALIAS of registered model NAME to the version FROM_ALIAS is on.
+
+    Refuses (exit 1) when the source alias is missing or a requirement fails.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from mlflow_best_export import registry
+
+    registry.validate_alias(from_alias, "--from-alias")
+    registry.validate_alias(to_alias, "--to-alias")
+    parsed = [Requirement.parse(r) for r in requirements]
+    client = MlflowClient(tracking_uri=tracking_uri)
+    model = _registered_model(client, name)
+    if from_alias not in (model.aliases or {}):
+        raise CommandError(
+            f"Registered model {name!r} has no alias {from_alias!r} "
+            f"(aliases: {sorted(model.aliases or {}) or 'none'})."
+        )
+    try:
+        version = client.get_model_version_by_alias(name, from_alias)
+    except MlflowException as err:
+        raise CommandError(_first_line(err.message)) from err
+    failures = [reason for r in parsed if (reason := r.check(version.tags or {}))]
+    if failures:
+        raise CommandError(
+            f"Not promoting {name} version {version.version} ({from_alias}): "
+            + "; ".join(failures)
+            + "."
+        )
+    current = (model.aliases or {}).get(to_alias)
+    if str(current) == str(version.version):
+        click.echo(f"{name}@{to_alias} is already version {version.version}.")
+        return
+    if dry_run:
+        click.echo(
+            f"would move {name}@{to_alias} from version {current or '-'} to "
+            f"{version.version} ({from_alias})."
+        )
+        return
+    client.set_registered_model_alias(name, to_alias, version.version)
+    click.echo(f"moved {name}@{to_alias} from version {current or '-'} to {version.version}.")
+
+
+def _registered_model(client, name):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_registered_model(name)
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise CommandError(f"No registered model named {name!r}.") from err
+        raise
+
+
+# -- gc ---------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("name")
+@click.option(
+    "--keep",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Versions to keep per exporter (use the exporter's exports_to_keep or more: "
+    "it re-registers exports it still keeps on disk).",
+)
+@click.option("--dry-run", is_flag=True, help="Say what would be deleted; delete nothing.")
+@click.option("--tracking-uri", default=None, help=_TRACKING_URI_HELP)
+@_one_line_errors
+def gc(name, keep, dry_run, tracking_uri) -> None:
+    """Apply registry retention to NAME: keep the best versions of each exporter.
+
+    Only versions this package created are considered, ranked by the metric
+    their exporter compared; a version carrying an alias is never deleted.
+    """
+    from mlflow.tracking import MlflowClient
+
+    from mlflow_best_export import registry
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    _registered_model(client, name)
+    doomed = registry.gc_plan(client, name, keep)
+    if not doomed.delete:
+        click.echo(f"nothing to delete in {name}.")
+    for entry, reason in doomed.delete:
+        if dry_run:
+            click.echo(f"would delete {name} version {entry.version} ({reason})")
+        else:
+            registry.delete_version_and_model(client, name, entry)
+            click.echo(f"deleted {name} version {entry.version} ({reason})")
+    for entry in doomed.protected:
+        click.echo(f"kept {name} version {entry.version}: it carries {', '.join(entry.aliases)}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
