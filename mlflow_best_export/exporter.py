@@ -449,6 +449,7 @@ class MLflowBestExporter(tf.estimator.BestExporter):
                     registered_model_name=self._registered_model_name,
                     alias=self._alias,
                     compare_key=self._compare_key,
+                    compare_mode=_compare_mode(self._compare_fn),
                 ),
                 strict=self._strict,
             )

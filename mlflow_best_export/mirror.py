@@ -29,6 +29,9 @@ from mlflow_best_export.tracking import normalize_dir
 
 logger = logging.getLogger(__name__)
 
+#: The run artifact holding the eval curve with the exports marked.
+FIGURE_FILE = "mlflow_best_export/eval_history.png"
+
 
 @dataclass(frozen=True)
 class Snapshot:
@@ -100,6 +103,7 @@ class Mirror:
       registered_model_name: register kept exports under this name (None: do not register).
       alias: the alias moved to the best version.
       compare_key: the compared metric, shown in version descriptions.
+      compare_mode: "min" or "max" for ``compare_key`` (for the run's figure).
     """
 
     def __init__(
@@ -115,6 +119,7 @@ class Mirror:
         registered_model_name: str | None = None,
         alias: str | None = "best",
         compare_key: str | None = None,
+        compare_mode: str | None = None,
     ):
         self.model_dir = model_dir
         self.exporter_name = exporter_name
@@ -126,6 +131,7 @@ class Mirror:
         self.registered_model_name = registered_model_name
         self.alias = alias if registered_model_name else None
         self._compare_key = compare_key
+        self._compare_mode = compare_mode
         self._client = None
         self._run = None
         self._metrics = None
@@ -240,8 +246,25 @@ class Mirror:
                 ", ".join(a for a in entry.aliases if a != self.alias),
             )
         report.protected_versions = [v.version for v in the_plan.protected]
+        self._log_figure(snapshot)
         self._in_step_with = kept_dirs
         return report
+
+    def _log_figure(self, snapshot: Snapshot) -> None:
+        """Log the eval curve with the exports marked, as the run's ``eval_history.png``."""
+        from mlflow_best_export.plots import history_figure
+
+        key = self._compare_key
+        if key is None or not any(key in r.metrics for r in snapshot.history.records):
+            return
+        figure = history_figure(
+            snapshot.history,
+            key,
+            higher_is_better=self._compare_mode == "max",
+            kept_steps=[e.step for e in snapshot.kept if e.step is not None],
+            title=f"{self.exporter_name}: {key} over steps, kept exports circled",
+        )
+        self._client.log_figure(self.run_id, figure, FIGURE_FILE)
 
     def _link(self, history: EvalHistory, export: Export, model_id: str) -> None:
         record = history.get(export.step) if export.step is not None else None
@@ -465,9 +488,10 @@ def sync(
         event_file_pattern=event_file_pattern,
         compare_fn=compare_fn,
     )
-    key = None
+    key = mode = None
     if snapshot.kept:
         key = snapshot.kept[0].metadata.get("compare_key")
+        mode = snapshot.kept[0].metadata.get("compare_mode")
     mirror = Mirror(
         model_dir=model_dir,
         exporter_name=exporter_name,
@@ -478,6 +502,7 @@ def sync(
         registered_model_name=registered_model_name,
         alias=alias,
         compare_key=key,
+        compare_mode=mode,
     )
     return mirror.sync(snapshot, progress)
 

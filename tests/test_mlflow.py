@@ -96,6 +96,11 @@ def test_train_and_evaluate_mirrors_the_n_best_into_mlflow(tmp_path, uri):
         np.stack(got["y"].to_numpy()).reshape(-1), want.reshape(-1), rtol=1e-5
     )
 
+    # The run holds the eval curve with the exports marked.
+    figure = client.download_artifacts(run.info.run_id, mirror.FIGURE_FILE, str(tmp_path))
+    with open(figure, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
     # Nothing to do the second time.
     report = mirror.sync(model_dir, tracking_uri=uri, registered_model_name="tiny")
     assert not report.changed, report.summary()
