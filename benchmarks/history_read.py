@@ -1,0 +1,435 @@
+"""Benchmark: read_eval_history against the original BestExporter's way of reading.
+
+Three eval workloads are written by real TensorFlow writers into
+``benchmarks/.data/`` (kept between runs; pass ``--regenerate`` to rewrite):
+
+(a) scalar-dense: 200,000 events of 12 ``simple_value`` scalars
+    (``tf.compat.v1.summary.FileWriter``, as the Estimator writes evals);
+(b) TF2-style: 200,000 evals of 12 ``tf.summary.scalar`` tensor scalars. TF2
+    writes one event per scalar, so this is 2,400,000 events;
+(c) byte-heavy: a 5 MB ``graph_def`` event, then 20,000 evals of 12 scalars
+    plus a ~50 KB PNG image summary each (every image a different size).
+
+For each workload it prints, measured in the same run:
+
+- original: ``tf.estimator.BestExporter._get_best_eval_result`` in TF 2.15
+  (``tf.compat.v1.train.summary_iterator`` over each file, ``simple_value``
+  into a per-event dict, the best by ``loss`` with the Estimator's own
+  ``_loss_smaller``), plus ``tf.make_ndarray`` for tensor scalars so that it
+  finds the same best on (b). Events without ``loss`` are skipped instead of
+  raising, as they must be for (b);
+- ours: ``read_eval_history`` (every record, both CRCs checked) and the
+  lowest ``loss`` among its records;
+- the speedup, and the time of one ``HistoryReader.poll()`` after one more
+  event (written by the same TF writer) is appended to the file, as a
+  fraction of a full read.
+
+Both sides must find the same best record (step and loss). Each time is the
+best of ``--repeat`` runs, from the page cache.
+
+Usage::
+
+    python benchmarks/history_read.py            # full run, a few minutes
+    python benchmarks/history_read.py --quick    # a tenth of the sizes
+    python benchmarks/history_read.py --profile  # also cProfile our side
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import glob
+import io
+import json
+import math
+import os
+import pstats
+import shutil
+import statistics
+import struct
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from mlflow_best_export.history import HistoryReader, read_eval_history  # noqa: E402
+
+PATTERN = "eval/*.tfevents.*"
+TAGS = (
+    "loss",
+    "average_loss",
+    "accuracy",
+    "accuracy_baseline",
+    "auc",
+    "auc_precision_recall",
+    "label/mean",
+    "prediction/mean",
+    "precision",
+    "recall",
+    "metrics/mse",
+    "metrics/mae",
+)
+STEPS_PER_EVAL = 100
+APPENDED = 5  # events written for the incremental poll measurement
+DATA_VERSION = 1
+
+
+def _quiet_tensorflow():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")
+    return tf
+
+
+def _metric_values(first: int, count: int) -> np.ndarray:
+    # Deterministic per eval, so that the appended evals do not depend on the count.
+    rows = [np.random.RandomState(first + i).uniform(0.01, 1.0, len(TAGS)) for i in range(count)]
+    return np.asarray(rows, dtype=np.float32).reshape(count, len(TAGS))
+
+
+# -- writers: real TensorFlow, as a training job would use them ---------------------------
+
+
+def write_scalar_dense(logdir: str, first: int, count: int) -> None:
+    """(a): one event per eval with 12 simple_value scalars, via the TF1 FileWriter."""
+    tf = _quiet_tensorflow()
+    values = _metric_values(first, count)
+    summary, value = tf.compat.v1.Summary, tf.compat.v1.Summary.Value
+    with tf.Graph().as_default():
+        writer = tf.compat.v1.summary.FileWriter(logdir, max_queue=1000, flush_secs=3600)
+        for i in range(count):
+            row = values[i]
+            event = summary(
+                value=[value(tag=t, simple_value=v) for t, v in zip(TAGS, row, strict=True)]
+            )
+            writer.add_summary(event, (first + i) * STEPS_PER_EVAL)
+        writer.close()
+
+
+def write_tf2(logdir: str, first: int, count: int) -> None:
+    """(b): 12 tf.summary.scalar calls per eval, in a tf.function loop (one event each)."""
+    tf = _quiet_tensorflow()
+    values = tf.constant(_metric_values(first, count))
+    writer = tf.summary.create_file_writer(logdir, max_queue=10_000, flush_millis=600_000)
+
+    @tf.function
+    def write_all():
+        with writer.as_default():
+            for i in tf.range(count):
+                step = tf.cast(first + i, tf.int64) * STEPS_PER_EVAL
+                with tf.name_scope("/"):  # keep the tags free of the loop's name scope
+                    for j, tag in enumerate(TAGS):
+                        tf.summary.scalar(tag, values[i, j], step=step)
+
+    write_all()
+    writer.close()
+
+
+def _png_pool(tf, size: int = 64) -> list[bytes]:
+    # Noise barely compresses: a 128x128 RGB image is ~50 KB of PNG. A varying
+    # share of flat rows gives every image of the pool a different size.
+    rng = np.random.RandomState(0)
+    pool = []
+    for i in range(size):
+        pixels = rng.randint(0, 256, size=(128, 128, 3), dtype=np.uint8)
+        pixels[: i % 13] = 0
+        pool.append(tf.io.encode_png(pixels).numpy())
+    return pool
+
+
+def write_byte_heavy(logdir: str, first: int, count: int, graph: bool = True) -> None:
+    """(c): a 5 MB graph_def, then evals of 12 scalars plus one PNG image each."""
+    tf = _quiet_tensorflow()
+    pool = _png_pool(tf)
+    values = _metric_values(first, count)
+    summary, value = tf.compat.v1.Summary, tf.compat.v1.Summary.Value
+    with tf.Graph().as_default() as g:
+        if graph:
+            weights = np.random.RandomState(1).uniform(size=5 * 2**20 // 4).astype(np.float32)
+            tf.constant(weights, name="embedding")
+        writer = tf.compat.v1.summary.FileWriter(logdir, graph=g if graph else None)
+        for i in range(count):
+            # Real eval images differ every time, and so do their sizes.
+            png = pool[(first + i) % len(pool)] + b"\0" * ((first + i) % 997)
+            image = summary.Image(height=128, width=128, colorspace=3, encoded_image_string=png)
+            event = summary(
+                value=[value(tag=t, simple_value=v) for t, v in zip(TAGS, values[i], strict=True)]
+                + [value(tag="eval/image", image=image)]
+            )
+            writer.add_summary(event, (first + i) * STEPS_PER_EVAL)
+        writer.close()
+
+
+@dataclass(frozen=True)
+class Workload:
+    key: str
+    name: str
+    evals: int
+    quick_evals: int
+    write: Callable[[str, int, int], None]
+    write_appended: Callable[[str, int, int], None]
+
+    def size(self, quick: bool) -> int:
+        return self.quick_evals if quick else self.evals
+
+
+WORKLOADS = (
+    Workload("a", "scalar-dense", 200_000, 20_000, write_scalar_dense, write_scalar_dense),
+    Workload("b", "TF2-style", 200_000, 20_000, write_tf2, write_tf2),
+    Workload(
+        "c",
+        "byte-heavy",
+        20_000,
+        2_000,
+        write_byte_heavy,
+        lambda logdir, first, count: write_byte_heavy(logdir, first, count, graph=False),
+    ),
+)
+
+
+# -- data on disk ----------------------------------------------------------------------------
+
+
+def _records(path: str) -> list[bytes]:
+    """The framed records of a file (framing only; used to cut appended events)."""
+    data = Path(path).read_bytes()
+    records, pos = [], 0
+    while pos < len(data):
+        (length,) = struct.unpack_from("<Q", data, pos)
+        records.append(data[pos : pos + 16 + length])
+        pos += 16 + length
+    return records
+
+
+def _event_file(model_dir: Path) -> str:
+    (path,) = glob.glob(str(model_dir / PATTERN))
+    return path
+
+
+def prepare(workload: Workload, quick: bool, data_dir: Path, regenerate: bool) -> Path:
+    """The workload's model directory, written once and reused."""
+    root = data_dir / f"{workload.key}-{workload.name}-{workload.size(quick)}"
+    meta_path = root / "meta.json"
+    if not regenerate and meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("version") == DATA_VERSION:
+            path = _event_file(root / "model")
+            size = os.path.getsize(path)
+            if size > meta["size"]:
+                os.truncate(path, meta["size"])  # left over by an interrupted poll test
+                size = meta["size"]
+            if size == meta["size"]:
+                return root
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    evals = workload.size(quick)
+    print(f"writing workload ({workload.key}) {workload.name} into {root} ...", flush=True)
+    started = time.perf_counter()
+    workload.write(str(root / "model" / "eval"), 1, evals)
+    # The events appended for the poll test: the same writer, later steps.
+    with tempfile.TemporaryDirectory() as tmp:
+        workload.write_appended(tmp, evals + 1, APPENDED)
+        (path,) = glob.glob(os.path.join(tmp, "*.tfevents.*"))
+        appended = _first_of_each_step(_records(path))
+    (root / "appended.records").write_bytes(b"".join(appended))
+    meta = {
+        "version": DATA_VERSION,
+        "size": os.path.getsize(_event_file(root / "model")),
+        "appended": [len(r) for r in appended],
+    }
+    meta_path.write_text(json.dumps(meta))
+    print(f"  written in {time.perf_counter() - started:.0f} s", flush=True)
+    return root
+
+
+def _first_of_each_step(records: list[bytes]) -> list[bytes]:
+    # So that every appended event makes a new record (TF2 writes 12 events per eval).
+    from tensorboard.compat.proto import event_pb2
+
+    chosen, steps = [], set()
+    for record in records[1:]:  # the first is the file_version event
+        step = event_pb2.Event.FromString(record[12:-4]).step
+        if step not in steps:
+            steps.add(step)
+            chosen.append(record)
+    return chosen
+
+
+# -- the two sides --------------------------------------------------------------------------
+
+
+def original_best(model_dir: str) -> tuple[int, float, int, object]:
+    """BestExporter._get_best_eval_result of TF 2.15, plus tensor scalars.
+
+    Returns:
+        (step, loss) of the best eval, the number of events read, and the best
+        eval result.
+    """
+    tf = _quiet_tensorflow()
+    from tensorflow_estimator.python.estimator.exporter import _loss_smaller
+
+    best_eval_result = None
+    best_step = None
+    events = 0
+    for event_file in tf.compat.v1.gfile.Glob(os.path.join(model_dir, PATTERN)):
+        for event in tf.compat.v1.train.summary_iterator(event_file):
+            events += 1
+            if event.HasField("summary"):
+                event_eval_result = {}
+                for value in event.summary.value:
+                    if value.HasField("simple_value"):
+                        event_eval_result[value.tag] = value.simple_value
+                    elif value.HasField("tensor"):
+                        # What the original lacks, to find the same best on TF2 scalars.
+                        array = tf.make_ndarray(value.tensor)
+                        if array.ndim == 0 and array.dtype.kind in "fiu":
+                            event_eval_result[value.tag] = array.item()
+                # The original raises without `loss`; TF2 writes one scalar per event.
+                if "loss" in event_eval_result:
+                    if best_eval_result is None or _loss_smaller(
+                        best_eval_result, event_eval_result
+                    ):
+                        best_eval_result = event_eval_result
+                        best_step = event.step
+    return best_step, best_eval_result["loss"], events, best_eval_result
+
+
+def ours_best(model_dir: str) -> tuple[int, float, int, object]:
+    """read_eval_history and the record with the lowest loss.
+
+    Returns:
+        (step, loss) of the best record, the number of records, and the history
+        (freed by the caller after the clock stops: freeing is not reading).
+    """
+    history = read_eval_history(model_dir, PATTERN)
+    best = None
+    best_loss = math.inf
+    for record in history.records:
+        loss = record.metrics.get("loss")
+        if loss is not None and loss < best_loss:
+            best, best_loss = record, loss
+    return best.step, best_loss, len(history), history
+
+
+def best_time(fn: Callable[[], tuple], repeat: int) -> tuple[float, tuple]:
+    """The best time of ``repeat`` calls, and the result without its last item."""
+    times = []
+    summary: tuple = ()
+    for _ in range(repeat):
+        started = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - started)
+        summary = result[:-1]
+        del result  # outside the clock
+    return min(times), summary
+
+
+def poll_cost(root: Path) -> tuple[float, float]:
+    """(full read by a first poll, median of polls that each find one appended event)."""
+    model_dir = root / "model"
+    path = _event_file(model_dir)
+    meta = json.loads((root / "meta.json").read_text())
+    appended = (root / "appended.records").read_bytes()
+    reader = HistoryReader(model_dir, PATTERN)
+    started = time.perf_counter()
+    before = len(reader.poll())
+    full = time.perf_counter() - started
+    polls = []
+    try:
+        pos = 0
+        for size in meta["appended"]:
+            with open(path, "ab") as file:
+                file.write(appended[pos : pos + size])
+            pos += size
+            started = time.perf_counter()
+            history = reader.poll()
+            polls.append(time.perf_counter() - started)
+            before, after = before + 1, len(history)
+            if after != before:
+                raise AssertionError(f"poll found {after} records, expected {before}")
+    finally:
+        os.truncate(path, meta["size"])
+    return full, statistics.median(polls)
+
+
+def profile(model_dir: str) -> str:
+    profiler = cProfile.Profile()
+    profiler.enable()
+    read_eval_history(model_dir, PATTERN)
+    profiler.disable()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(12)
+    return out.getvalue()
+
+
+def _warm(model_dir: Path) -> None:
+    for path in glob.glob(str(model_dir / PATTERN)):
+        with open(path, "rb") as file:
+            while file.read(64 << 20):
+                pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a tenth of the sizes")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per side (best is kept)")
+    parser.add_argument("--data-dir", type=Path, default=HERE / ".data")
+    parser.add_argument("--regenerate", action="store_true", help="write the event files again")
+    parser.add_argument("--only", default="abc", help="workloads to run, e.g. 'ac'")
+    parser.add_argument("--profile", action="store_true", help="print a cProfile of our side")
+    args = parser.parse_args(argv)
+
+    rows = []
+    ok = True
+    for workload in WORKLOADS:
+        if workload.key not in args.only:
+            continue
+        root = prepare(workload, args.quick, args.data_dir, args.regenerate)
+        model_dir = root / "model"
+        _warm(model_dir)
+        print(f"timing ({workload.key}) {workload.name} ...", flush=True)
+        ours_s, (our_step, our_loss, records) = best_time(
+            lambda d=str(model_dir): ours_best(d), args.repeat
+        )
+        orig_s, (orig_step, orig_loss, events) = best_time(
+            lambda d=str(model_dir): original_best(d), args.repeat
+        )
+        full, poll = poll_cost(root)
+        same = (our_step, our_loss) == (orig_step, orig_loss)
+        ok &= same
+        size = sum(os.path.getsize(p) for p in glob.glob(str(model_dir / PATTERN)))
+        rows.append(
+            (workload, events, records, size, orig_s, ours_s, poll, full, same, our_step, our_loss)
+        )
+        if args.profile:
+            print(profile(str(model_dir)))
+
+    print()
+    print(
+        f"{'workload':<18}{'events':>11}{'evals':>9}{'MB':>8}{'original s':>12}{'ours s':>9}"
+        f"{'speedup':>9}{'poll ms':>9}{'poll/full':>11}  same best (step, loss)"
+    )
+    for workload, events, records, size, orig_s, ours_s, poll, full, same, step, loss in rows:
+        print(
+            f"({workload.key}) {workload.name:<14}{events:>11,}{records:>9,}{size / 2**20:>8.1f}"
+            f"{orig_s:>12.3f}{ours_s:>9.3f}{orig_s / ours_s:>8.2f}x{poll * 1e3:>9.2f}"
+            f"{poll / full:>10.3%}  {'yes' if same else 'NO'} ({step}, {loss:.6g})"
+        )
+    print()
+    print(
+        "targets: (a) >= 1x (aim 1.5x), (b) >= 3x, (c) >= 1x; poll of one new event < 1% "
+        "of a full read"
+    )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
