@@ -383,7 +383,13 @@ class MLflowBestExporter(tf.estimator.BestExporter):
         kept = self._ranked_exports(export_base, history)
         best = kept[0].metrics if kept else None
 
-        for record in self._lost_bests(history.before(candidate.step), best, model_dir):
+        # An eval whose step is kept was exported, even if its float32 history value
+        # differs by rounding from the float64 result stored with the export.
+        exported_steps = {e.step for e in kept}
+        earlier = EvalHistory(
+            [r for r in history.before(candidate.step) if r.step not in exported_steps]
+        )
+        for record in self._lost_bests(earlier, best, model_dir):
             logger.warning(
                 "The eval at step %d (%s) beat every kept export but was never exported "
                 "(the process stopped first); exporting it now from %s.",

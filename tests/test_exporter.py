@@ -424,3 +424,21 @@ def test_second_exporter_on_the_same_directory_is_refused(trained, tmp_path):
     first.close()
     assert call_export(second, estimator, checkpoint, {"loss": 0.5, "global_step": 2})
     second.close()
+
+
+def test_float32_history_does_not_make_a_kept_export_look_lost(trained, tmp_path):
+    # float32(0.7) < 0.7: the history holds a slightly better loss than the export's metadata.
+    from tensorflow.python.eager import context
+    from tensorflow_estimator.python.estimator import estimator as estimator_lib
+
+    estimator, checkpoint = fresh(trained, tmp_path)
+    eval_dir = os.path.join(estimator.model_dir, "eval")
+    with context.graph_mode():
+        estimator_lib._write_dict_to_summary(eval_dir, {"loss": 0.7}, 2)
+    exporter = make_exporter()
+    assert call_export(exporter, estimator, checkpoint, {"loss": 0.7, "global_step": 2})
+    with context.graph_mode():
+        estimator_lib._write_dict_to_summary(eval_dir, {"loss": 0.9}, 3)
+    assert call_export(exporter, estimator, checkpoint, {"loss": 0.9, "global_step": 3}) is None
+    assert [step for step, _ in exported(estimator.model_dir)] == [2]
+    exporter.close()
