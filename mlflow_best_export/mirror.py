@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 import time
 import weakref
@@ -212,8 +213,20 @@ class Mirror:
             if not entry.ready:  # a crash mid-upload left it; it is replaced below
                 reg.delete_model(entry)
                 report.models_deleted.append(entry.model_id)
+        gone: set[str] = set()
         for export in the_plan.log:
-            reg.log_model(export, lambda e, model_id: self._link(snapshot.history, e, model_id))
+            try:
+                reg.log_model(
+                    export, lambda e, model_id: self._link(snapshot.history, e, model_id)
+                )
+            except Exception:
+                if os.path.isdir(export.path):
+                    raise
+                # Retention deleted it after the snapshot was taken; a newer snapshot
+                # follows, and the unfinished LoggedModel is cleaned up then.
+                logger.debug("Export %s went away while it was logged.", export.path)
+                gone.add(normalize_dir(export.path))
+                continue
             report.models_logged.append(export.step)
             done += 1
             if progress:
@@ -222,13 +235,15 @@ class Mirror:
             v.export_dir: v.version for v in (versions or ()) if v not in the_plan.delete_versions
         }
         for export in the_plan.register:
+            if normalize_dir(export.path) in gone:
+                continue
             mv = reg.register(export)
             version_of[normalize_dir(export.path)] = str(mv.version)
             report.versions_created.append(export.step)
             done += 1
             if progress:
                 progress("registered", done, total)
-        if the_plan.alias_to is not None:
+        if the_plan.alias_to is not None and normalize_dir(the_plan.alias_to.path) in version_of:
             reg.set_alias(the_plan.alias_to, version_of)
             report.alias_moved_to = the_plan.alias_to.step
         for entry in the_plan.delete_versions:
@@ -247,7 +262,7 @@ class Mirror:
             )
         report.protected_versions = [v.version for v in the_plan.protected]
         self._log_figure(snapshot)
-        self._in_step_with = kept_dirs
+        self._in_step_with = None if gone else kept_dirs
         return report
 
     def _log_figure(self, snapshot: Snapshot) -> None:
@@ -435,7 +450,6 @@ def snapshot_of(
       ValueError: when the model directory does not exist, or ``compare_fn``
         is None and the exports do not record how they were compared.
     """
-    import os
 
     from mlflow_best_export import exports as exports_lib
     from mlflow_best_export.history import read_eval_history
