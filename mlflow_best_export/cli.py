@@ -10,12 +10,9 @@ import functools
 import json
 import logging
 import math
-import operator
 import os
-import re
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import click
 
@@ -277,61 +274,6 @@ class _Progress:
 
 # -- promote ----------------------------------------------------------------------------------
 
-_OPS: dict[str, Callable[[float, float], bool]] = {
-    "<=": operator.le,
-    ">=": operator.ge,
-    "==": operator.eq,
-    "!=": operator.ne,
-    "<": operator.lt,
-    ">": operator.gt,
-}
-_REQUIREMENT = re.compile(r"^\s*([^<>=!\s]+)\s*(<=|>=|==|!=|<|>)\s*(\S+)\s*$")
-
-
-@dataclass(frozen=True)
-class Requirement:
-    """A metric requirement such as ``loss<0.3``, checked against a version's metric tags."""
-
-    metric: str
-    op: str
-    value: float
-
-    @classmethod
-    def parse(cls, text: str) -> Requirement:
-        """Parse ``METRIC OP NUMBER`` (OP one of < <= > >= == !=).
-
-        Raises:
-          click.BadParameter: for anything else.
-        """
-        match = _REQUIREMENT.match(text)
-        if not match:
-            raise click.BadParameter(
-                f"{text!r} is not METRIC OP NUMBER, e.g. 'loss<0.3' (OP: < <= > >= == !=).",
-                param_hint="--require",
-            )
-        try:
-            value = float(match.group(3))
-        except ValueError:
-            raise click.BadParameter(
-                f"{match.group(3)!r} in {text!r} is not a number.", param_hint="--require"
-            ) from None
-        return cls(match.group(1), match.group(2), value)
-
-    def check(self, tags: dict[str, str]) -> str | None:
-        """None when met, else the reason it is not."""
-        from mlflow_best_export.registry import TAG_METRIC_PREFIX
-
-        raw = tags.get(TAG_METRIC_PREFIX + self.metric)
-        if raw is None:
-            have = sorted(
-                k[len(TAG_METRIC_PREFIX) :] for k in tags if k.startswith(TAG_METRIC_PREFIX)
-            )
-            return f"it has no metric {self.metric!r} (it has {have})"
-        value = float(raw)
-        if not _OPS[self.op](value, self.value):
-            return f"{self.metric}={value:.6g} fails {self.metric}{self.op}{self.value:g}"
-        return None
-
 
 @main.command()
 @click.argument("name")
@@ -351,44 +293,25 @@ def promote(name, from_alias, to_alias, requirements, dry_run, tracking_uri) -> 
 
     Refuses (exit 1) when the source alias is missing or a requirement fails.
     """
-    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     from mlflow_best_export import registry
 
-    registry.validate_alias(from_alias, "--from-alias")
-    registry.validate_alias(to_alias, "--to-alias")
-    parsed = [Requirement.parse(r) for r in requirements]
-    client = MlflowClient(tracking_uri=tracking_uri)
-    model = _registered_model(client, name)
-    if from_alias not in (model.aliases or {}):
-        raise CommandError(
-            f"Registered model {name!r} has no alias {from_alias!r} "
-            f"(aliases: {sorted(model.aliases or {}) or 'none'})."
-        )
     try:
-        version = client.get_model_version_by_alias(name, from_alias)
-    except MlflowException as err:
-        raise CommandError(_first_line(err.message)) from err
-    failures = [reason for r in parsed if (reason := r.check(version.tags or {}))]
-    if failures:
-        raise CommandError(
-            f"Not promoting {name} version {version.version} ({from_alias}): "
-            + "; ".join(failures)
-            + "."
-        )
-    current = (model.aliases or {}).get(to_alias)
-    if str(current) == str(version.version):
-        click.echo(f"{name}@{to_alias} is already version {version.version}.")
-        return
-    if dry_run:
-        click.echo(
-            f"would move {name}@{to_alias} from version {current or '-'} to "
-            f"{version.version} ({from_alias})."
-        )
-        return
-    client.set_registered_model_alias(name, to_alias, version.version)
-    click.echo(f"moved {name}@{to_alias} from version {current or '-'} to {version.version}.")
+        parsed = [registry.Requirement.parse(r) for r in requirements]
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--require") from None
+    client = MlflowClient(tracking_uri=tracking_uri)
+    _registered_model(client, name)
+    result = registry.promote(
+        client,
+        name,
+        from_alias=from_alias,
+        to_alias=to_alias,
+        requirements=parsed,
+        dry_run=dry_run,
+    )
+    click.echo(result.summary())
 
 
 def _registered_model(client, name):

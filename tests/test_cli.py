@@ -20,7 +20,8 @@ from mlflow.tracking import MlflowClient
 from mlflow_checks import check_mlflow
 
 from mlflow_best_export import MLflowBestExporter
-from mlflow_best_export.cli import Requirement, main
+from mlflow_best_export.cli import main
+from mlflow_best_export.registry import Requirement
 
 LOSSES = [50, 30, 40, 20, 25, 10, 60, 5, 8]  # new bests at steps 2, 4, 8, 12, 16
 
