@@ -22,6 +22,7 @@ from mlflow_best_export import ranking
 from mlflow_best_export.exports import Export, ExportDirLock
 from mlflow_best_export.history import EvalHistory, EvalRecord, HistoryReader
 from mlflow_best_export.mirror import BackgroundSync, Mirror, kept_snapshot
+from mlflow_best_export.tracking import redact_text
 
 logger = logging.getLogger(__name__)
 
@@ -374,7 +375,7 @@ class MLflowBestExporter(tf.estimator.BestExporter):
             directory.
         """
         export_base = os.fsdecode(export_path)
-        checkpoint_path = os.fsdecode(checkpoint_path) if checkpoint_path else None
+        checkpoint_path = _absolute(os.fsdecode(checkpoint_path)) if checkpoint_path else None
         model_dir = os.fsdecode(estimator.model_dir)
         self._bind(model_dir, export_base)
 
@@ -522,7 +523,7 @@ class MLflowBestExporter(tf.estimator.BestExporter):
             except Exception as err:  # noqa: BLE001 - an MLflow outage must not stop training
                 if self._strict:
                     raise
-                logger.warning("Could not mark the MLflow run finished: %s", err)
+                logger.warning("Could not mark the MLflow run finished: %s", redact_text(err))
         else:
             logger.warning(
                 "MLflow did not catch up within %s s of the final export; run "
@@ -642,3 +643,9 @@ def _compare_mode(compare_fn: ranking.CompareFn) -> str | None:
         return None
     # A compared key without a direction is the Estimator's own _loss_smaller.
     return "max" if getattr(compare_fn, "higher_is_better", False) else "min"
+
+
+def _absolute(path: str) -> str:
+    """A local path made absolute (the metadata and MLflow tags outlive the working
+    directory); a URL such as ``gs://...`` is kept as it is."""
+    return path if "://" in path else os.path.abspath(path)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -61,3 +65,65 @@ def _private_cwd(tmp_path_factory, monkeypatch):
     """Run each test in a temp directory: MLflow's default artifact root is ``./mlruns``."""
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
     yield
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def serve(tmp_path):
+    """Start `mlflow models serve` for a model URI; the servers are killed on teardown."""
+    import requests
+
+    started = []
+
+    def start(model_uri: str, tracking_uri: str) -> str:
+        port = free_port()
+        log = open(tmp_path / f"serve-{port}.log", "w")
+        bin_dir = os.path.dirname(sys.executable)
+        env = subprocess_env(MLFLOW_TRACKING_URI=tracking_uri, MLFLOW_REGISTRY_URI=tracking_uri)
+        # The server execs `uvicorn` by name, as from an activated virtualenv.
+        env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")])
+        command = [os.path.join(bin_dir, "mlflow"), "models", "serve", "-m", model_uri]
+        command += ["--env-manager", "local", "-p", str(port), "-h", "127.0.0.1"]
+        proc = subprocess.Popen(
+            command,
+            env=env,
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        started.append((proc, log))
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                break
+            try:
+                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                    return url
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.5)
+        log.flush()
+        raise AssertionError(
+            f"mlflow models serve did not come up:\n{(tmp_path / f'serve-{port}.log').read_text()}"
+        )
+
+    yield start
+    for proc, log in started:
+        # The whole session: the CLI, the uvicorn it execs and its workers.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        log.close()
