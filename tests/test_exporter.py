@@ -180,8 +180,15 @@ def test_original_best_exporter_loses_the_best_on_restart(tmp_path):
 def test_sigkill_between_export_and_retention(tmp_path):
     model_dir = str(tmp_path / "model")
     proc = run_tiny(
-        "--model-dir", model_dir, "--losses", "50,30,20,40,10,35", "--exports-to-keep", "2",
-        "--kill", "before_retention:6", check=False,
+        "--model-dir",
+        model_dir,
+        "--losses",
+        "50,30,20,40,10,35",
+        "--exports-to-keep",
+        "2",
+        "--kill",
+        "before_retention:6",
+        check=False,
     )
     assert proc.returncode == -9, proc.stderr[-3000:]
     # Killed after writing the export of step 6 and before collecting step 2.
@@ -196,8 +203,15 @@ def test_sigkill_between_evaluation_and_export_recovers_the_lost_best(tmp_path):
     model_dir = str(tmp_path / "model")
     losses = "50,30,20,40,45,35"
     proc = run_tiny(
-        "--model-dir", model_dir, "--losses", losses, "--exports-to-keep", "2",
-        "--kill", "before_export:6", check=False,
+        "--model-dir",
+        model_dir,
+        "--losses",
+        losses,
+        "--exports-to-keep",
+        "2",
+        "--kill",
+        "before_export:6",
+        check=False,
     )
     assert proc.returncode == -9, proc.stderr[-3000:]
     assert read_eval_history(model_dir).get(6) is not None  # the eval happened...
@@ -215,8 +229,15 @@ def test_sigkill_during_retention(tmp_path):
     model_dir = str(tmp_path / "model")
     losses = "50,30,20,10,40,5"
     proc = run_tiny(
-        "--model-dir", model_dir, "--losses", losses, "--exports-to-keep", "1",
-        "--kill", "during_retention:0", check=False,
+        "--model-dir",
+        model_dir,
+        "--losses",
+        losses,
+        "--exports-to-keep",
+        "1",
+        "--kill",
+        "during_retention:0",
+        check=False,
     )
     assert proc.returncode == -9, proc.stderr[-3000:]
     # Killed with the collected export renamed out of sight but not yet deleted.
@@ -387,31 +408,62 @@ def _wrong(best, current):
     return True
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"compare_fn": _wrong}, "compare_fn"),
-        ({"compare_fn": None}, "compare_fn"),
-        ({"exports_to_keep": -1}, "exports_to_keep"),
-        ({"exports_to_keep": 1.5}, "exports_to_keep"),
-        ({"exports_to_keep": True}, "exports_to_keep"),
-        ({"serving_input_receiver_fn": None}, "serving_input_receiver_fn"),
-        ({"name": ""}, "name"),
-        ({"name": "a/b"}, "name"),
-        ({"event_file_pattern": "/abs/eval/*"}, "event_file_pattern"),
-        ({"as_text": "yes"}, "as_text"),
-        ({"assets_extra": ["a"]}, "assets_extra"),
-        ({"assets_extra": {"/etc/x": __file__}}, "absolute"),
-        ({"assets_extra": {"../x": __file__}}, r"'\.\.'"),
-        ({"assets_extra": {"a/../../x": __file__}}, r"'\.\.'"),
-        ({"assets_extra": {"x.txt": "/no/such/file"}}, "does not exist"),
-        ({"assets_extra": {"x": os.path.dirname(__file__)}}, "directory"),
-        ({"assets_extra": {exports_lib.METADATA_FILENAME: __file__}}, "reserved"),
-    ],
-)
+# Each invalid argument fails at construction with exactly a ValueError whose message
+# names the argument (and says what to do).
+BAD_ARGUMENTS = [
+    ({"compare_fn": _wrong}, r"`compare_fn` must take exactly.*takes \['best', 'current'\]"),
+    ({"compare_fn": None}, "`compare_fn` must not be None"),
+    ({"compare_fn": "loss"}, "`compare_fn` must be callable"),
+    ({"exports_to_keep": 0}, "`exports_to_keep`.*positive"),
+    ({"exports_to_keep": -1}, "`exports_to_keep`.*positive"),
+    ({"exports_to_keep": 1.5}, "`exports_to_keep` must be a positive integer"),
+    ({"exports_to_keep": True}, "`exports_to_keep` must be a positive integer"),
+    ({"serving_input_receiver_fn": None}, "`serving_input_receiver_fn` must be a function"),
+    ({"name": ""}, "`name` must be a non-empty string"),
+    ({"name": "a/b"}, "`name` is used as a directory"),
+    ({"event_file_pattern": "/abs/eval/*"}, "`event_file_pattern` is relative"),
+    ({"event_file_pattern": ""}, "`event_file_pattern` must be a glob"),
+    ({"as_text": "yes"}, "`as_text` must be True or False"),
+    ({"assets_extra": ["a"]}, "`assets_extra` must be a dict"),
+    ({"assets_extra": {"/etc/x": __file__}}, "`assets_extra` key '/etc/x' is absolute"),
+    ({"assets_extra": {"../x": __file__}}, r"`assets_extra` key '\.\./x' contains '\.\.'"),
+    ({"assets_extra": {"a/../../x": __file__}}, r"`assets_extra` key .* contains '\.\.'"),
+    ({"assets_extra": {"x.txt": "/no/such/file"}}, r"`assets_extra\['x.txt'\]`.*does not exist"),
+    ({"assets_extra": {"x": os.path.dirname(__file__)}}, r"`assets_extra\['x'\]`.*directory"),
+    ({"assets_extra": {exports_lib.METADATA_FILENAME: __file__}}, "`assets_extra` key.*reserved"),
+    ({"alias": "latest"}, "`alias` 'latest' is reserved"),
+    ({"alias": "v3"}, "`alias` 'v3' is reserved"),
+    ({"alias": "my best"}, "`alias` 'my best' is not a valid alias"),
+    ({"alias": ""}, "`alias` must be a non-empty alias name"),
+    ({"registered_model_name": "team/model"}, "`registered_model_name`"),
+    ({"registered_model_name": "a:b"}, "`registered_model_name`"),
+    ({"registered_model_name": " "}, "`registered_model_name` must be a non-empty string"),
+    ({"tracking_uri": 5}, "`tracking_uri` must be a non-empty string"),
+    ({"experiment_name": ""}, "`experiment_name` must be a non-empty string"),
+    ({"registry_uri": ""}, "`registry_uri` must be a non-empty string"),
+    ({"run_name": 7}, "`run_name` must be a non-empty string"),
+    ({"run_id": 123}, "`run_id` must be a non-empty string"),
+    ({"strict": "yes"}, "`strict` must be True or False"),
+    ({"log_to_mlflow": 1}, "`log_to_mlflow` must be True or False"),
+    ({"flush_timeout": -1}, "`flush_timeout` must be a number of seconds"),
+    ({"flush_timeout": "10"}, "`flush_timeout` must be a number of seconds"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), BAD_ARGUMENTS)
 def test_bad_arguments_fail_at_construction(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=message) as info:
         make_exporter(**kwargs)
+    assert type(info.value) is ValueError
+
+
+def test_the_bad_argument_table_covers_every_argument():
+    import inspect
+
+    covered = {name for kwargs, _ in BAD_ARGUMENTS for name in kwargs}
+    parameters = set(inspect.signature(MLflowBestExporter.__init__).parameters) - {"self"}
+    assert parameters == covered
+    assert len(BAD_ARGUMENTS) >= 20
 
 
 def test_second_exporter_on_the_same_directory_is_refused(trained, tmp_path):
