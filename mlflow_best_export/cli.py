@@ -31,6 +31,7 @@ class CommandError(click.ClickException):
     exit_code = 1
 
     def show(self, file=None) -> None:  # noqa: ANN001 - click's signature
+        """Print ``Error: <message>`` as one line on stderr."""
         click.echo(f"Error: {self.format_message()}", err=True, file=file)
 
 
