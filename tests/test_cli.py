@@ -202,6 +202,14 @@ def test_promote_refuses_with_a_reason(store):
     assert result.output.strip() == "Error: No registered model named 'nosuch'."
     proc = cli_process("promote", "nosuch", "--tracking-uri", store, code=1)
     assert proc.stderr.strip() == "Error: No registered model named 'nosuch'."
+    proc = cli_process(
+        "promote", "tiny", "--require", "loss<0.001", "--tracking-uri", store, code=1
+    )
+    assert "fails loss<0.001" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    proc = cli_process(
+        "promote", "tiny", "--from-alias", "staging", "--tracking-uri", store, code=1
+    )
+    assert "has no alias 'staging'" in proc.stderr
     cli("promote", "tiny", "--require", "loss<<1", "--tracking-uri", store, code=2)
     cli("promote", "tiny", "--to-alias", "v3", "--tracking-uri", store, code=1)
 

@@ -49,6 +49,16 @@ def predict_like_estimator(model_dir, checkpoint_path, x):
     return np.array([p["y"] for p in estimator.predict(input_fn, checkpoint_path=checkpoint_path)])
 
 
+def assert_best_predicts_like_the_estimator(model_dir, best, name="tiny"):
+    x = np.random.RandomState(3).uniform(-1, 1, size=(5, 2)).astype("float32")
+    loaded = mlflow.pyfunc.load_model(f"models:/{name}@best")
+    got = loaded.predict(pd.DataFrame({"x": list(x)}))
+    want = predict_like_estimator(model_dir, best.tags["checkpoint_path"], x)
+    np.testing.assert_allclose(
+        np.stack(got["y"].to_numpy()).reshape(-1), want.reshape(-1), rtol=1e-5
+    )
+
+
 def test_train_and_evaluate_mirrors_the_n_best_into_mlflow(tmp_path, uri):
     model_dir = str(tmp_path / "model")
     exporter = make_exporter(uri, registered_model_name="tiny", exports_to_keep=2)
@@ -88,13 +98,7 @@ def test_train_and_evaluate_mirrors_the_n_best_into_mlflow(tmp_path, uri):
         assert json.load(f)["global_step"] == 16
 
     # models:/tiny@best loads and predicts what the Estimator predicts on that checkpoint.
-    x = np.random.RandomState(3).uniform(-1, 1, size=(5, 2)).astype("float32")
-    loaded = mlflow.pyfunc.load_model("models:/tiny@best")
-    got = loaded.predict(pd.DataFrame({"x": list(x)}))
-    want = predict_like_estimator(model_dir, best.tags["checkpoint_path"], x)
-    np.testing.assert_allclose(
-        np.stack(got["y"].to_numpy()).reshape(-1), want.reshape(-1), rtol=1e-5
-    )
+    assert_best_predicts_like_the_estimator(model_dir, best)
 
     # The run holds the eval curve with the exports marked.
     figure = client.download_artifacts(run.info.run_id, mirror.FIGURE_FILE, str(tmp_path))
@@ -251,6 +255,14 @@ def test_outage_of_a_real_server_is_caught_up(tmp_path, monkeypatch, caplog):
         server.start()
         tiny.train(model_dir, exporter, LOSSES)
         exporter.close()
-        check_mlflow(model_dir, server.uri, registered_model_name="tiny", best_step=16)
+        found = check_mlflow(model_dir, server.uri, registered_model_name="tiny", best_step=16)
+        # Artifacts went through the server's proxied artifact store.
+        assert found["best"].source.startswith("mlflow-artifacts:")
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+        mlflow.set_tracking_uri(server.uri)
+        try:
+            assert_best_predicts_like_the_estimator(model_dir, found["best"])
+        finally:
+            mlflow.set_tracking_uri(None)
     finally:
         server.stop()
