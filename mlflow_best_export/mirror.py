@@ -26,7 +26,7 @@ from typing import Any
 
 from mlflow_best_export.exports import Export
 from mlflow_best_export.history import EvalHistory, EvalRecord
-from mlflow_best_export.tracking import normalize_dir
+from mlflow_best_export.tracking import normalize_dir, redact_text
 
 logger = logging.getLogger(__name__)
 
@@ -381,7 +381,9 @@ class BackgroundSync:
         try:
             done = self.flush(self.exit_flush_timeout)
         except Exception as err:  # noqa: BLE001 - nothing may escape an exit hook
-            logger.warning("MLflow is not in step with the model directory at exit: %s", err)
+            logger.warning(
+                "MLflow is not in step with the model directory at exit: %s", redact_text(err)
+            )
             return
         if not done:
             logger.warning(
@@ -416,10 +418,10 @@ class BackgroundSync:
                     "Could not bring MLflow in line with the model directory (%s: %s); "
                     "training continues and the next export retries.",
                     type(err).__name__,
-                    err,
+                    redact_text(err),
                 )
             else:
-                logger.debug("MLflow still failing: %s", err)
+                logger.debug("MLflow still failing: %s", redact_text(err))
             self._failing = True
             return
         if self._failing:

@@ -50,6 +50,18 @@ def redact_uri(uri: str | None) -> str:
     return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
 
 
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)[^/\s@'\"]+@")
+
+
+def redact_text(text: object) -> str:
+    """``str(text)`` (an error message, say) with user names and passwords in URLs removed.
+
+    MLflow puts the full tracking URI, credentials included, into the messages
+    of failed requests; this keeps them out of our logs.
+    """
+    return _URL_USERINFO.sub(r"\g<scheme>***@", str(text))
+
+
 def sanitize_metric_name(name: str) -> str:
     """A metric name MLflow accepts, as close to ``name`` as possible.
 
