@@ -525,9 +525,10 @@ class MLflowBestExporter(tf.estimator.BestExporter):
                     raise
                 logger.warning("Could not mark the MLflow run finished: %s", redact_text(err))
         else:
+            # flush() is also False at once when the last attempt failed: say both.
             logger.warning(
-                "MLflow did not catch up within %s s of the final export; run "
-                "`mlflow-best-export sync` to finish.",
+                "MLflow is not in step after the final export (it is failing, or did not "
+                "catch up within %s s); run `mlflow-best-export sync` to finish.",
                 self._flush_timeout,
             )
 

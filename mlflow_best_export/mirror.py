@@ -216,9 +216,7 @@ class Mirror:
         gone: set[str] = set()
         for export in the_plan.log:
             try:
-                reg.log_model(
-                    export, lambda e, model_id: self._link(snapshot.history, e, model_id)
-                )
+                reg.log_model(export, lambda e, model_id: self._link(snapshot.history, e, model_id))
             except Exception:
                 if os.path.isdir(export.path):
                     raise

@@ -655,8 +655,13 @@ def log_model(
     except BaseException:
         try:
             client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
-        except Exception:  # the original error is the one worth raising
-            logger.warning("Could not mark LoggedModel %s FAILED.", model.model_id, exc_info=True)
+        except Exception as err:  # the original error is the one worth raising
+            from mlflow_best_export.tracking import redact_text
+
+            # No traceback: MLflow's messages hold the tracking URI, credentials included.
+            logger.warning(
+                "Could not mark LoggedModel %s FAILED: %s", model.model_id, redact_text(err)
+            )
         raise
     return client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
 

@@ -98,9 +98,7 @@ def make_eval_input_fn(model_dir: str, schedule: dict[int, float]):
         offset = math.sqrt(loss_at(schedule, step))
         x = eval_x()
         y = (x @ np.array(W_STAR, dtype="float32")).reshape(-1, 1) + offset
-        return tf.data.Dataset.from_tensor_slices(({"x": x}, y.astype("float32"))).batch(
-            EVAL_BATCH
-        )
+        return tf.data.Dataset.from_tensor_slices(({"x": x}, y.astype("float32"))).batch(EVAL_BATCH)
 
     return eval_input_fn
 
@@ -161,26 +159,83 @@ def _kill_self() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+KILL_POINTS = (
+    "before_export",
+    "in_savedmodel_write",
+    "before_retention",
+    "during_retention",
+    "during_upload",
+    "before_register",
+    "before_alias",
+    "during_registry_retention",
+)
+"""Where ``--kill POINT:STEP`` can stop the process, in the order an export meets them.
+
+- ``before_export``: the eval of STEP is in the event file, its export() never runs.
+- ``in_savedmodel_write``: the first SavedModel written at or after STEP is complete
+  in its ``temp-*`` directory, not yet given its assets nor renamed into place.
+- ``before_retention``: in export() of STEP, the new export is renamed into place and
+  disk retention has not run. (Our metadata travels inside assets.extra, so "after
+  the rename, before the metadata" is the same moment: there is no such gap.)
+- ``during_retention``: the first collected export (in an export() at or after STEP) is
+  renamed to ``temp-delete-*`` and not yet deleted.
+- ``during_upload``: some of the files of the first LoggedModel of an export of step
+  >= STEP are uploaded, the rest are not, and the model is still PENDING.
+- ``before_register``: the LoggedModel of an export of step >= STEP is READY, its
+  model version is not created.
+- ``before_alias``: the versions are created, the alias is not moved to the best of
+  step >= STEP.
+- ``during_registry_retention``: the first model version deleted while the best kept
+  export has step >= STEP is gone, the other deletions have not happened.
+
+The MLflow points fire on the background sync thread; SIGKILL ends the whole process.
+"""
+
+
 def _install_kill(exporter_cls, point: str, at_step: int):
     """Subclass the exporter so that the process SIGKILLs itself at ``point``.
 
     This injects a crash at an exact moment, which a real signal from outside
     cannot hit reliably; everything else stays real.
     """
+    if point not in KILL_POINTS:
+        raise SystemExit(f"unknown kill point {point!r}; choose from {', '.join(KILL_POINTS)}")
+    state = {"step": -1}
+
     class Killing(exporter_cls):
         def export(self, estimator, export_path, checkpoint_path, eval_result, is_the_final_export):
             step = int(eval_result["global_step"])
             if point == "before_export" and step == at_step:
                 _kill_self()  # the eval is in the event file; its export never happens
             self._current_step = step
-            return super().export(
+            state["step"] = step
+            result = super().export(
                 estimator, export_path, checkpoint_path, eval_result, is_the_final_export
             )
+            if point in MLFLOW_POINTS:
+                # One sync per eval, as when evals are minutes apart: without this the
+                # worker may coalesce past the moment the point needs (a deletion, say).
+                self.flush()
+            return result
 
         def _collect(self, export_base, history):
             if point == "before_retention" and self._current_step == at_step:
                 _kill_self()  # the export is on disk; retention never ran
             return super()._collect(export_base, history)
+
+    if point == "in_savedmodel_write":
+        import tensorflow as tf
+
+        builder_cls = tf.compat.v1.saved_model.Builder
+        original_save = builder_cls.save
+
+        def save_then_die(self, *args, **kwargs):
+            result = original_save(self, *args, **kwargs)
+            if state["step"] >= at_step:
+                _kill_self()  # written into temp-*, no assets.extra, not renamed
+            return result
+
+        builder_cls.save = save_then_die
 
     if point == "during_retention":
         import shutil
@@ -188,12 +243,99 @@ def _install_kill(exporter_cls, point: str, at_step: int):
         original_rmtree = shutil.rmtree
 
         def rmtree_then_die(path, *args, **kwargs):
-            if os.path.basename(os.fsdecode(path)).startswith("temp-delete-"):
+            if (
+                os.path.basename(os.fsdecode(path)).startswith("temp-delete-")
+                and state["step"] >= at_step
+            ):
                 _kill_self()  # renamed out of the way, not yet deleted
             return original_rmtree(path, *args, **kwargs)
 
         shutil.rmtree = rmtree_then_die
+
+    if point in MLFLOW_POINTS:
+        _install_mlflow_kill(point, at_step)
     return Killing
+
+
+MLFLOW_POINTS = ("during_upload", "before_register", "before_alias", "during_registry_retention")
+
+
+def _install_mlflow_kill(point: str, at_step: int) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from mlflow_best_export import mirror, registry
+
+    state = {"logging": None, "best": None}
+
+    original_log_model = registry.Registry.log_model
+
+    def log_model(self, export, link_metrics):
+        state["logging"] = export.step
+        try:
+            return original_log_model(self, export, link_metrics)
+        finally:
+            state["logging"] = None
+
+    registry.Registry.log_model = log_model
+
+    if point == "during_upload":
+        import shutil
+        import tempfile
+
+        original_upload = MlflowClient.log_model_artifacts
+
+        def upload_part_then_die(self, model_id, local_dir):
+            if state["logging"] is None or state["logging"] < at_step:
+                return original_upload(self, model_id, local_dir)
+            files = sorted(
+                os.path.relpath(os.path.join(root, name), local_dir)
+                for root, _, names in os.walk(local_dir)
+                for name in names
+            )
+            with tempfile.TemporaryDirectory() as part:
+                for relative in files[: max(1, len(files) // 2)]:
+                    os.makedirs(os.path.join(part, os.path.dirname(relative)), exist_ok=True)
+                    shutil.copy(os.path.join(local_dir, relative), os.path.join(part, relative))
+                original_upload(self, model_id, part)  # a real, partial upload
+            _kill_self()
+
+        MlflowClient.log_model_artifacts = upload_part_then_die
+
+    if point == "before_register":
+        original_register = registry.Registry.register
+
+        def register(self, export):
+            if export.step >= at_step:
+                _kill_self()  # the LoggedModel is READY, its version never created
+            return original_register(self, export)
+
+        registry.Registry.register = register
+
+    if point == "before_alias":
+        original_set_alias = registry.Registry.set_alias
+
+        def set_alias(self, export, versions):
+            if export.step >= at_step:
+                _kill_self()  # versions created, alias not moved
+            return original_set_alias(self, export, versions)
+
+        registry.Registry.set_alias = set_alias
+
+    if point == "during_registry_retention":
+        original_sync = mirror.Mirror.sync
+        original_delete = registry.Registry.delete_version
+
+        def sync(self, snapshot, progress=None):
+            state["best"] = snapshot.kept[0].step if snapshot.kept else None
+            return original_sync(self, snapshot, progress)
+
+        def delete_version(self, entry):
+            original_delete(self, entry)
+            if state["best"] is not None and state["best"] >= at_step:
+                _kill_self()  # the first version is deleted, the rest are not
+
+        mirror.Mirror.sync = sync
+        registry.Registry.delete_version = delete_version
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -206,7 +348,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compare", default="loss", choices=["loss", "score"])
     parser.add_argument("--kill", default=None, help="POINT:STEP")
     parser.add_argument("--exporter-kwargs", default="{}", help="JSON keyword arguments")
+    parser.add_argument("--log-level", default=None, help="log mlflow_best_export at this level")
     args = parser.parse_args(argv)
+    if args.log_level:
+        import logging
+
+        logging.basicConfig(format="%(asctime)s %(threadName)s %(name)s %(levelname)s %(message)s")
+        logging.getLogger("mlflow_best_export").setLevel(args.log_level)
 
     import tensorflow as tf
 
