@@ -16,8 +16,9 @@ import logging
 import math
 import operator
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from mlflow.entities import LoggedModel
 from mlflow.entities.model_registry import ModelVersion
@@ -112,19 +113,12 @@ class VersionEntry:
 
 def find_models(client: MlflowClient, experiment_id: str, key: str) -> list[ModelEntry]:
     """The live LoggedModels of one exporter (by its key tag)."""
-    entries = []
-    page_token = None
-    while True:
-        page = client.search_logged_models(
-            experiment_ids=[experiment_id],
-            filter_string=f"tags.`{TAG_KEY}` = '{key}'",
-            page_token=page_token,
-        )
-        for model in page:
-            entries.append(_model_entry(model))
-        page_token = page.token
-        if not page_token:
-            return entries
+    pages = _all_pages(
+        client.search_logged_models,
+        experiment_ids=[experiment_id],
+        filter_string=f"tags.`{TAG_KEY}` = '{key}'",
+    )
+    return [_model_entry(model) for model in pages]
 
 
 def _model_entry(model: LoggedModel) -> ModelEntry:
@@ -140,18 +134,22 @@ def _model_entry(model: LoggedModel) -> ModelEntry:
 
 def find_versions(client: MlflowClient, name: str, key: str) -> list[VersionEntry]:
     """The live versions of ``name`` that one exporter created (by its key tag)."""
-    entries = []
+    pages = _all_pages(
+        client.search_model_versions,
+        filter_string=f"name = '{_quote(name)}' and tags.`{TAG_KEY}` = '{key}'",
+    )
+    return sorted((_version_entry(mv) for mv in pages), key=lambda e: int(e.version))
+
+
+def _all_pages(search: Callable[..., Any], **kwargs: Any) -> Iterator[Any]:
+    """Every result of a paged MLflow search."""
     page_token = None
     while True:
-        page = client.search_model_versions(
-            filter_string=f"name = '{_quote(name)}' and tags.`{TAG_KEY}` = '{key}'",
-            page_token=page_token,
-        )
-        for mv in page:
-            entries.append(_version_entry(mv))
+        page = search(page_token=page_token, **kwargs)
+        yield from page
         page_token = page.token
         if not page_token:
-            return sorted(entries, key=lambda e: int(e.version))
+            return
 
 
 def _quote(value: str) -> str:
@@ -425,18 +423,11 @@ def all_versions(client: MlflowClient, name: str) -> list[tuple[VersionEntry, di
     for alias, version in (registered.aliases or {}).items():
         aliases.setdefault(str(version), []).append(alias)
     found = []
-    page_token = None
-    while True:
-        page = client.search_model_versions(
-            filter_string=f"name = '{_quote(name)}'", page_token=page_token
-        )
-        for mv in page:
-            entry = _version_entry(mv)
-            merged = tuple(sorted(set(entry.aliases) | set(aliases.get(entry.version, ()))))
-            found.append((replace(entry, aliases=merged), dict(mv.tags or {})))
-        page_token = page.token
-        if not page_token:
-            return sorted(found, key=lambda item: int(item[0].version))
+    for mv in _all_pages(client.search_model_versions, filter_string=f"name = '{_quote(name)}'"):
+        entry = _version_entry(mv)
+        merged = tuple(sorted(set(entry.aliases) | set(aliases.get(entry.version, ()))))
+        found.append((replace(entry, aliases=merged), dict(mv.tags or {})))
+    return sorted(found, key=lambda item: int(item[0].version))
 
 
 def gc_plan(client: MlflowClient, name: str, keep: int) -> GcPlan:

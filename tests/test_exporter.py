@@ -176,21 +176,19 @@ def test_original_best_exporter_loses_the_best_on_restart(tmp_path):
     assert 10 in steps and 8 not in steps
 
 
+def run_killed(model_dir: str, losses: str, *, keep: int, kill: str) -> None:
+    """Train in a fresh process that SIGKILLs itself at ``kill`` (POINT:STEP)."""
+    proc = run_tiny(
+        "--model-dir", model_dir, "--losses", losses, "--exports-to-keep", str(keep),
+        "--kill", kill, check=False,
+    )  # fmt: skip
+    assert proc.returncode == -9, proc.stderr[-3000:]
+
+
 @pytest.mark.slow
 def test_sigkill_between_export_and_retention(tmp_path):
     model_dir = str(tmp_path / "model")
-    proc = run_tiny(
-        "--model-dir",
-        model_dir,
-        "--losses",
-        "50,30,20,40,10,35",
-        "--exports-to-keep",
-        "2",
-        "--kill",
-        "before_retention:6",
-        check=False,
-    )
-    assert proc.returncode == -9, proc.stderr[-3000:]
+    run_killed(model_dir, "50,30,20,40,10,35", keep=2, kill="before_retention:6")
     # Killed after writing the export of step 6 and before collecting step 2.
     assert [s for s, _ in exported(model_dir)] == [2, 4, 6]
     run_tiny("--model-dir", model_dir, "--losses", "50,30,20,40,10,35", "--exports-to-keep", "2")
@@ -202,18 +200,7 @@ def test_sigkill_between_export_and_retention(tmp_path):
 def test_sigkill_between_evaluation_and_export_recovers_the_lost_best(tmp_path):
     model_dir = str(tmp_path / "model")
     losses = "50,30,20,40,45,35"
-    proc = run_tiny(
-        "--model-dir",
-        model_dir,
-        "--losses",
-        losses,
-        "--exports-to-keep",
-        "2",
-        "--kill",
-        "before_export:6",
-        check=False,
-    )
-    assert proc.returncode == -9, proc.stderr[-3000:]
+    run_killed(model_dir, losses, keep=2, kill="before_export:6")
     assert read_eval_history(model_dir).get(6) is not None  # the eval happened...
     assert [s for s, _ in exported(model_dir)] == [2, 4]  # ...its export did not
     run_tiny("--model-dir", model_dir, "--losses", losses, "--exports-to-keep", "2")
@@ -228,18 +215,7 @@ def test_sigkill_between_evaluation_and_export_recovers_the_lost_best(tmp_path):
 def test_sigkill_during_retention(tmp_path):
     model_dir = str(tmp_path / "model")
     losses = "50,30,20,10,40,5"
-    proc = run_tiny(
-        "--model-dir",
-        model_dir,
-        "--losses",
-        losses,
-        "--exports-to-keep",
-        "1",
-        "--kill",
-        "during_retention:0",
-        check=False,
-    )
-    assert proc.returncode == -9, proc.stderr[-3000:]
+    run_killed(model_dir, losses, keep=1, kill="during_retention:0")
     # Killed with the collected export renamed out of sight but not yet deleted.
     leftovers = [n for n in os.listdir(export_base(model_dir)) if n.startswith("temp-delete-")]
     assert len(leftovers) == 1
