@@ -66,18 +66,7 @@ def build_estimator(
         if mode == tf.estimator.ModeKeys.EVAL:
             passed = tf.reduce_sum(tf.cast(tf.constant(steps, tf.int64) <= global_step, tf.int32))
             labels = labels + tf.gather(tf.constant(offsets), tf.maximum(passed - 1, 0))
-        sq = tf.square(pred - labels)
-        loss = tf.reduce_mean(sq)
-        train_op = tf.compat.v1.train.GradientDescentOptimizer(0.05).minimize(
-            loss, global_step=global_step
-        )
-        metrics = {
-            "mse": tf.compat.v1.metrics.mean(sq),
-            "score": tf.compat.v1.metrics.mean(-sq),
-        }
-        return tf.estimator.EstimatorSpec(
-            mode, loss=loss, train_op=train_op, predictions=predictions, eval_metric_ops=metrics
-        )
+        return tiny.estimator_spec(mode, pred, labels, learning_rate=0.05)
 
     run_config = tf.estimator.RunConfig(
         model_dir=model_dir,

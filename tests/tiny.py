@@ -46,6 +46,24 @@ def loss_at(schedule: dict[int, float], step: int) -> float:
     return schedule[chosen]
 
 
+def estimator_spec(mode, pred, labels, learning_rate: float):
+    """The train/eval EstimatorSpec of the linear model: squared error, metrics mse and score."""
+    import tensorflow as tf
+
+    sq = tf.square(pred - labels)
+    loss = tf.reduce_mean(sq)
+    train_op = tf.compat.v1.train.GradientDescentOptimizer(learning_rate).minimize(
+        loss, global_step=tf.compat.v1.train.get_global_step()
+    )
+    metrics = {
+        "mse": tf.compat.v1.metrics.mean(sq),
+        "score": tf.compat.v1.metrics.mean(-sq),
+    }
+    return tf.estimator.EstimatorSpec(
+        mode, loss=loss, train_op=train_op, predictions={"y": pred}, eval_metric_ops=metrics
+    )
+
+
 def build_estimator(model_dir: str, every: int, schedule: dict[int, float], **config):
     import tensorflow as tf
 
@@ -56,18 +74,7 @@ def build_estimator(model_dir: str, every: int, schedule: dict[int, float], **co
         predictions = {"y": pred}
         if mode == tf.estimator.ModeKeys.PREDICT:
             return tf.estimator.EstimatorSpec(mode, predictions=predictions)
-        sq = tf.square(pred - labels)
-        loss = tf.reduce_mean(sq)
-        train_op = tf.compat.v1.train.GradientDescentOptimizer(0.2).minimize(
-            loss, global_step=tf.compat.v1.train.get_global_step()
-        )
-        metrics = {
-            "mse": tf.compat.v1.metrics.mean(sq),
-            "score": tf.compat.v1.metrics.mean(-sq),
-        }
-        return tf.estimator.EstimatorSpec(
-            mode, loss=loss, train_op=train_op, predictions=predictions, eval_metric_ops=metrics
-        )
+        return estimator_spec(mode, pred, labels, learning_rate=0.2)
 
     run_config = tf.estimator.RunConfig(
         model_dir=model_dir,
