@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
 import posixpath
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
 
-from mlflow.entities import Metric, RunStatus, RunTag
+from mlflow.entities import Metric, RunStatus
 from mlflow.tracking import MlflowClient
 
 from mlflow_best_export.history import EvalRecord
@@ -32,22 +30,6 @@ TAG_CREATED_BY = TAG_PREFIX + "created_run"
 MAX_METRICS_PER_BATCH = 1000
 _MAX_KEY_LENGTH = 250
 _BAD_CHARS = re.compile(r"[^/\w.\- :]")
-
-
-def redact_uri(uri: str | None) -> str:
-    """A tracking URI fit for logs: any user name and password removed."""
-    if not uri:
-        return str(uri)
-    try:
-        parts = urlsplit(uri)
-    except ValueError:
-        return "<unparseable tracking URI>"
-    if parts.username is None and parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
 
 
 _URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)[^/\s@'\"]+@")
@@ -280,13 +262,3 @@ def resolve_run(
     run = client.create_run(experiment_id, tags=tags, run_name=name)
     logger.info("Created the MLflow run %s for %s", run.info.run_id, model_dir)
     return ResolvedRun(run.info.run_id, experiment_id, created_here=True)
-
-
-def tag_run(client: MlflowClient, run_id: str, tags: Mapping[str, str]) -> None:
-    """Set run tags in one request."""
-    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-
-
-def is_finite(value: float) -> bool:
-    """True for a finite float."""
-    return math.isfinite(value)
