@@ -290,16 +290,21 @@ def test_first_export_and_export_on_improvement_only(trained, tmp_path):
     exporter.close()
 
 
-def test_preemption_scenario_of_the_original_tests(trained, tmp_path):
-    estimator, checkpoint = fresh(trained, tmp_path)
+def write_evals(eval_dir: str, evals: dict[int, dict[str, float]]) -> None:
+    """Write eval results to ``eval_dir`` the way the Estimator does, ``{step: metrics}``."""
     from tensorflow.python.eager import context
     from tensorflow_estimator.python.estimator import estimator as estimator_lib
 
-    eval_dir = os.path.join(estimator.model_dir, "eval_continuous")
     with context.graph_mode():
-        estimator_lib._write_dict_to_summary(eval_dir, {"loss": 50}, 1)
-        estimator_lib._write_dict_to_summary(eval_dir, {"loss": 60}, 2)
+        for step, metrics in evals.items():
+            estimator_lib._write_dict_to_summary(eval_dir, metrics, step)
     tf.compat.v1.summary.FileWriterCache.clear()
+
+
+def test_preemption_scenario_of_the_original_tests(trained, tmp_path):
+    estimator, checkpoint = fresh(trained, tmp_path)
+    eval_dir = os.path.join(estimator.model_dir, "eval_continuous")
+    write_evals(eval_dir, {1: {"loss": 50}, 2: {"loss": 60}})
     exporter = make_exporter(event_file_pattern="eval_continuous/*.tfevents.*", exports_to_keep=1)
     # Nothing is kept yet, and the history's best has no checkpoint to export from.
     assert call_export(exporter, estimator, checkpoint, {"loss": 100, "global_step": 3})
@@ -311,14 +316,8 @@ def test_preemption_scenario_of_the_original_tests(trained, tmp_path):
 
 def test_empty_eval_event_in_history(trained, tmp_path):
     estimator, checkpoint = fresh(trained, tmp_path)
-    from tensorflow.python.eager import context
-    from tensorflow_estimator.python.estimator import estimator as estimator_lib
-
     eval_dir = os.path.join(estimator.model_dir, "eval_continuous")
-    with context.graph_mode():
-        estimator_lib._write_dict_to_summary(eval_dir, {}, 1)
-        estimator_lib._write_dict_to_summary(eval_dir, {"loss": 60}, 2)
-    tf.compat.v1.summary.FileWriterCache.clear()
+    write_evals(eval_dir, {1: {}, 2: {"loss": 60}})
     exporter = make_exporter(event_file_pattern="eval_continuous/*.tfevents.*", exports_to_keep=1)
     assert call_export(exporter, estimator, checkpoint, {"loss": 100, "global_step": 3})
     assert call_export(exporter, estimator, checkpoint, {"loss": 10, "global_step": 4})
@@ -456,17 +455,12 @@ def test_second_exporter_on_the_same_directory_is_refused(trained, tmp_path):
 
 def test_float32_history_does_not_make_a_kept_export_look_lost(trained, tmp_path):
     # float32(0.7) < 0.7: the history holds a slightly better loss than the export's metadata.
-    from tensorflow.python.eager import context
-    from tensorflow_estimator.python.estimator import estimator as estimator_lib
-
     estimator, checkpoint = fresh(trained, tmp_path)
     eval_dir = os.path.join(estimator.model_dir, "eval")
-    with context.graph_mode():
-        estimator_lib._write_dict_to_summary(eval_dir, {"loss": 0.7}, 2)
+    write_evals(eval_dir, {2: {"loss": 0.7}})
     exporter = make_exporter()
     assert call_export(exporter, estimator, checkpoint, {"loss": 0.7, "global_step": 2})
-    with context.graph_mode():
-        estimator_lib._write_dict_to_summary(eval_dir, {"loss": 0.9}, 3)
+    write_evals(eval_dir, {3: {"loss": 0.9}})
     assert call_export(exporter, estimator, checkpoint, {"loss": 0.9, "global_step": 3}) is None
     assert [step for step, _ in exported(estimator.model_dir)] == [2]
     exporter.close()
