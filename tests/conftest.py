@@ -133,3 +133,11 @@ def serve(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         log.close()
+
+
+@pytest.fixture
+def mlflow_fails_fast(monkeypatch):
+    """No MLflow client retries and a short timeout: MLflow's own retries would turn every
+    request to a dead or failing server into minutes of waiting."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")

@@ -210,9 +210,7 @@ def test_sync_repairs_what_was_changed_behind_its_back(tmp_path, uri):
     assert not mirror.sync(model_dir, tracking_uri=uri, registered_model_name="tiny").changed
 
 
-def test_unreachable_server_never_stops_training(tmp_path, monkeypatch, caplog):
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+def test_unreachable_server_never_stops_training(tmp_path, caplog, mlflow_fails_fast):
     model_dir = str(tmp_path / "model")
     dead = f"http://127.0.0.1:{free_port()}"
     exporter = make_exporter(
@@ -226,9 +224,7 @@ def test_unreachable_server_never_stops_training(tmp_path, monkeypatch, caplog):
     assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
 
 
-def test_strict_raises_when_mlflow_fails(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+def test_strict_raises_when_mlflow_fails(tmp_path, mlflow_fails_fast):
     dead = f"http://127.0.0.1:{free_port()}"
     exporter = make_exporter(dead, strict=True, exports_to_keep=2)
     with pytest.raises(mlflow.exceptions.MlflowException):
@@ -238,9 +234,7 @@ def test_strict_raises_when_mlflow_fails(tmp_path, monkeypatch):
     assert exporter._lock is None
 
 
-def test_outage_of_a_real_server_is_caught_up(tmp_path, monkeypatch, caplog):
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+def test_outage_of_a_real_server_is_caught_up(tmp_path, monkeypatch, caplog, mlflow_fails_fast):
     server = MlflowServer(str(tmp_path / "server")).start()
     try:
         model_dir = str(tmp_path / "model")

@@ -80,9 +80,9 @@ def test_two_exporters_sharing_a_registered_model_never_delete_each_others_versi
     assert max(int(v) for v in live) > len(live)
 
 
-def test_credentials_in_the_tracking_uri_never_reach_logs_or_mlflow(tmp_path, monkeypatch, caplog):
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+def test_credentials_in_the_tracking_uri_never_reach_logs_or_mlflow(
+    tmp_path, caplog, mlflow_fails_fast
+):
     server = MlflowServer(str(tmp_path / "server")).start()
     proxy = FaultProxy(server.uri).start()
     try:
@@ -144,9 +144,7 @@ def test_credentials_in_the_tracking_uri_never_reach_logs_or_mlflow(tmp_path, mo
         server.stop()
 
 
-def test_credentials_stay_out_of_logs_when_an_upload_fails(tmp_path, monkeypatch, caplog):
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+def test_credentials_stay_out_of_logs_when_an_upload_fails(tmp_path, caplog, mlflow_fails_fast):
     server = MlflowServer(str(tmp_path / "server")).start()
     proxy = FaultProxy(server.uri).start()
     try:

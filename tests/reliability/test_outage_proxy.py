@@ -21,10 +21,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def server(tmp_path, monkeypatch):
-    # MLflow's own retries would turn every failed request into minutes of waiting.
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+def server(tmp_path, mlflow_fails_fast):
     server = MlflowServer(str(tmp_path / "server")).start()
     yield server
     server.stop()
