@@ -26,7 +26,8 @@ sound by construction: everything but fixed-width numbers and opaque image or
 audio bytes must be identical, so protobuf would decode the event the same way.
 
 This module imports neither TensorFlow nor MLflow; it parses with the protos
-that ``tensorboard`` ships.
+that ``tensorboard`` ships, and reads files through ``fs`` (TensorFlow is
+imported there only for a ``scheme://`` path).
 """
 
 from __future__ import annotations
@@ -44,9 +45,14 @@ import crc32c
 from google.protobuf.message import DecodeError
 from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, types_pb2
 
+from mlflow_best_export import fs
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["EventFileReader", "RawEvent", "ScalarEvent", "read_events"]
+__all__ = ["TAIL_SIZE", "EventFileReader", "RawEvent", "ScalarEvent", "read_events"]
+
+#: How many of the last bytes consumed ``EventFileReader.last_bytes`` keeps.
+TAIL_SIZE = 16
 
 _HEADER = struct.Struct("<QI")
 _U32 = struct.Struct("<I")
@@ -117,6 +123,7 @@ class EventFileReader:
         # function of the length, and records of one file share a few lengths.
         self._length_crcs: dict[int, int] = {}
         self._decoder = _Decoder()
+        self._last_bytes = b""
 
     @property
     def path(self) -> str:
@@ -127,6 +134,12 @@ class EventFileReader:
     def offset(self) -> int:
         """Bytes consumed so far; always at a record boundary."""
         return self._offset
+
+    @property
+    def last_bytes(self) -> bytes:
+        """The last bytes consumed by this reader (up to ``TAIL_SIZE``; fewer before that
+        many were read), so a caller can tell later that the file still holds them."""
+        return self._last_bytes
 
     @property
     def damaged(self) -> bool:
@@ -161,8 +174,8 @@ class EventFileReader:
         if self._damaged:
             return events
         try:
-            with open(self._path, "rb", buffering=0) as file:
-                size = os.fstat(file.fileno()).st_size
+            with fs.open_read(self._path) as file:
+                size = file.size
                 if size > self._offset:
                     file.seek(self._offset)
                     budget = size if max_bytes is None else max_bytes
@@ -201,6 +214,10 @@ class EventFileReader:
                 filled += count
                 used, needed = self._scan(buf, view, filled, events)
                 self._offset += used
+                if used:
+                    self._last_bytes = (self._last_bytes + buf[max(0, used - TAIL_SIZE) : used])[
+                        -TAIL_SIZE:
+                    ]
                 if self._damaged:
                     return
                 if used:

@@ -17,18 +17,17 @@ from __future__ import annotations
 import bisect
 import contextlib
 import gc
-import glob
 import itertools
 import logging
 import math
 import operator
 import os
-import stat
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from mlflow_best_export.events import EventFileReader, RawEvent
+from mlflow_best_export import fs
+from mlflow_best_export.events import TAIL_SIZE, EventFileReader, RawEvent
 
 if TYPE_CHECKING:
     import pandas
@@ -45,7 +44,7 @@ CHECKPOINT_PATH_TAG = "checkpoint_path"
 # alone do not: TensorFlow writers begin every file with a `file_version` event
 # stamped with its creation time in whole seconds, the same for files made together.
 _HEAD_SIZE = 64
-_TAIL_SIZE = 16
+_TAIL_SIZE = TAIL_SIZE
 # Above this many steps arriving out of order in one poll, sorting everything
 # is cheaper than inserting them one by one.
 _MAX_INSERTS = 64
@@ -173,7 +172,7 @@ class EvalHistory:
 @dataclass
 class _TrackedFile:
     reader: EventFileReader
-    identity: tuple[int, int]  # (st_dev, st_ino)
+    identity: tuple[int, int] | None  # (st_dev, st_ino); None on object stores
     fingerprint: bytes = b""  # see _fingerprint(), at the offset below
     fingerprint_offset: int = 0
     # The file's size when it was last read: a file still this size has nothing new,
@@ -295,8 +294,9 @@ class HistoryReader:
         event_file_pattern: str = DEFAULT_EVENT_FILE_PATTERN,
     ) -> None:
         self._model_dir = os.fspath(model_dir)
+        fs.check_filesystem(self._model_dir)
         self._pattern = event_file_pattern
-        self._glob = os.path.join(glob.escape(self._model_dir), event_file_pattern)
+        self._glob = fs.join(fs.glob_escape(self._model_dir), event_file_pattern)
         self._reset()
 
     def _reset(self) -> None:
@@ -338,18 +338,18 @@ class HistoryReader:
             self._history = EvalHistory._from_sorted(list(self._records))
         return self._history
 
-    def _read(self, path: str, status: os.stat_result) -> bool:
+    def _read(self, path: str, status: fs.FileStatus) -> bool:
         """Read what was appended to one file; True if a record was added or changed."""
         tracked = self._files.get(path)
         if tracked is None:
-            tracked = _TrackedFile(EventFileReader(path), (status.st_dev, status.st_ino))
+            tracked = _TrackedFile(EventFileReader(path), status.identity)
             self._files[path] = tracked
         reader = tracked.reader
         changed = False
-        if status.st_size == tracked.size:
+        if status.size == tracked.size:
             return changed
-        tracked.size = status.st_size
-        while status.st_size > reader.offset and not reader.damaged:
+        tracked.size = status.size
+        while status.size > reader.offset and not reader.damaged:
             offset = reader.offset
             changed |= self._add(reader.read_raw(self.READ_SIZE))
             if reader.offset - offset < self.READ_SIZE:
@@ -357,32 +357,40 @@ class HistoryReader:
                 # open the file again to find nothing new.
                 break
         if tracked.fingerprint_offset != reader.offset:
-            tracked.fingerprint = _fingerprint(path, reader.offset)
+            head = tracked.fingerprint[:_HEAD_SIZE]
+            if tracked.fingerprint_offset >= _HEAD_SIZE and len(reader.last_bytes) == min(
+                reader.offset, _TAIL_SIZE
+            ):
+                # The head is known and the reader holds the new tail: no read needed.
+                tracked.fingerprint = head + reader.last_bytes
+            else:
+                tracked.fingerprint = _fingerprint(path, reader.offset)
             tracked.fingerprint_offset = reader.offset
         return changed
 
-    def _find_files(self) -> dict[str, os.stat_result]:
+    def _find_files(self) -> dict[str, fs.FileStatus]:
         found = {}
-        for path in sorted(glob.glob(self._glob)):
+        for path in fs.glob(self._glob):
             try:
-                status = os.stat(path)
+                status = fs.stat(path)
             except OSError:
-                continue  # gone since the glob
-            if stat.S_ISREG(status.st_mode):
+                continue  # unreadable or gone since the glob
+            if status is not None and not status.is_dir:
                 found[path] = status
         return found
 
-    def _changed(self, found: dict[str, os.stat_result]) -> bool:
+    def _changed(self, found: dict[str, fs.FileStatus]) -> bool:
         """True if a file read before is gone, shorter than what was read, or another file."""
         for path, tracked in self._files.items():
             status = found.get(path)
-            if status is None or (status.st_dev, status.st_ino) != tracked.identity:
+            if status is None or status.identity != tracked.identity:
                 return True
             offset = tracked.reader.offset
-            if status.st_size < offset:
+            if status.size < offset:
                 return True
-            # A file deleted and written again can get the inode number back.
-            if status.st_size > offset and status.st_size != tracked.size and offset:
+            # A file deleted and written again can get the inode number back, and object
+            # stores have none: what was read must still be there.
+            if status.size > offset and status.size != tracked.size and offset:
                 if _fingerprint(path, tracked.fingerprint_offset) != tracked.fingerprint:
                     return True
         return False
@@ -483,7 +491,7 @@ def _gc_paused() -> Iterator[None]:
 def _fingerprint(path: str, offset: int) -> bytes:
     """The first bytes of a file and the last ones before ``offset``, or b"" if unreadable."""
     try:
-        with open(path, "rb", buffering=0) as file:
+        with fs.open_read(path) as file:
             head = file.read(min(offset, _HEAD_SIZE))
             file.seek(max(offset - _TAIL_SIZE, 0))
             return head + file.read(min(offset, _TAIL_SIZE))
