@@ -18,7 +18,7 @@ from typing import Any
 import tensorflow as tf
 
 from mlflow_best_export import exports as exports_lib
-from mlflow_best_export import ranking
+from mlflow_best_export import fs, ranking
 from mlflow_best_export.exports import Export, ExportDirLock
 from mlflow_best_export.history import EvalHistory, EvalRecord, HistoryReader
 from mlflow_best_export.mirror import BackgroundSync, Mirror, kept_snapshot
@@ -109,11 +109,12 @@ def _validate_assets_extra(assets_extra: Any) -> dict[str, str]:
                 f"`assets_extra[{dest!r}]` must be the path of a source file; got {source!r}."
             )
         source = os.fspath(source)
-        if not tf.io.gfile.exists(source):
+        fs.check_filesystem(source)
+        if not fs.exists(source):
             raise ValueError(
                 f"`assets_extra[{dest!r}]`: the source file {source!r} does not exist."
             )
-        if tf.io.gfile.isdir(source):
+        if fs.isdir(source):
             raise ValueError(
                 f"`assets_extra[{dest!r}]`: {source!r} is a directory; list its files one by one."
             )
@@ -201,9 +202,9 @@ def _existing_checkpoint(checkpoint_path: str | None, model_dir: str) -> str | N
     """The checkpoint prefix if its files still exist (also after the model dir moved)."""
     if not checkpoint_path:
         return None
-    candidates = [checkpoint_path, os.path.join(model_dir, os.path.basename(checkpoint_path))]
+    candidates = [checkpoint_path, fs.join(model_dir, fs.split(checkpoint_path)[1])]
     for path in candidates:
-        if tf.io.gfile.exists(path + ".index"):
+        if fs.exists(path + ".index"):
             return path
     return None
 
@@ -378,6 +379,7 @@ class MLflowBestExporter(tf.estimator.BestExporter):
         checkpoint_path = _absolute(os.fsdecode(checkpoint_path)) if checkpoint_path else None
         model_dir = os.fsdecode(estimator.model_dir)
         self._bind(model_dir, export_base)
+        self._lock.check()
 
         candidate = self._candidate(eval_result, checkpoint_path)
         history = self._poll_history()
@@ -433,6 +435,8 @@ class MLflowBestExporter(tf.estimator.BestExporter):
         if self._bound_to == (model_dir, export_base):
             return
         self._release()
+        fs.check_filesystem(model_dir)
+        fs.check_filesystem(export_base)
         lock = ExportDirLock(export_base)
         lock.acquire()
         self._lock = lock
@@ -616,14 +620,24 @@ class MLflowBestExporter(tf.estimator.BestExporter):
             assets_extra[exports_lib.METADATA_FILENAME] = exports_lib.write_metadata_file(
                 metadata, tmp
             )
-            path = estimator.export_saved_model(
-                export_base,
-                self._serving_input_receiver_fn,
-                assets_extra=assets_extra,
-                as_text=self._as_text,
-                checkpoint_path=candidate.checkpoint_path,
+            atomic = fs.has_atomic_rename(export_base)
+            # Where directories cannot be renamed atomically (object stores, ram://), the
+            # SavedModel is written locally and copied with saved_model.pb last, instead of
+            # TensorFlow's rename of a temp directory, which there copies every object again
+            # (or, on ram://, loses the contents).
+            target_base = export_base if atomic else os.path.join(tmp, "export")
+            path = os.fsdecode(
+                estimator.export_saved_model(
+                    target_base,
+                    self._serving_input_receiver_fn,
+                    assets_extra=assets_extra,
+                    as_text=self._as_text,
+                    checkpoint_path=candidate.checkpoint_path,
+                )
             )
-        return os.fsdecode(path)
+            if not atomic:
+                path = exports_lib.stage_export(path, export_base, _free_name(export_base, path))
+        return path
 
     def _collect(self, export_base: str, history: EvalHistory) -> list[Export]:
         ranked = self._ranked_exports(export_base, history)
@@ -644,6 +658,14 @@ def _compare_mode(compare_fn: ranking.CompareFn) -> str | None:
         return None
     # A compared key without a direction is the Estimator's own _loss_smaller.
     return "max" if getattr(compare_fn, "higher_is_better", False) else "min"
+
+
+def _free_name(export_base: str, local_export: str) -> str:
+    """The export's timestamp name, or the next free one if ``export_base`` has it already."""
+    version = int(os.path.basename(local_export))
+    while fs.exists(fs.join(export_base, str(version))):
+        version += 1
+    return str(version)
 
 
 def _absolute(path: str) -> str:

@@ -7,30 +7,44 @@ its global step and checkpoint. The file is written into the export before the
 Estimator renames the export into place, so an export either has complete
 metadata or was made by another class (the original ``BestExporter``, say).
 
-TensorFlow is imported lazily and only to read the global step of an export
-that has no metadata.
+Everything goes through ``fs``, so the directory may be local or on any
+filesystem TensorFlow writes (``gs://``, ``s3://``, ``hdfs://``, ``ram://``).
+Where directories cannot be renamed atomically (everything but local paths),
+an export is complete once its ``saved_model.pb`` (or ``.pbtxt``) exists: it
+is written last and, when the export is retired, deleted first. A
+timestamp directory without it is not an export, and is removed as debris of
+a crash when the exporter starts.
+
+TensorFlow is imported lazily: for a ``scheme://`` path, and to read the
+global step of an export that has no metadata.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
-import shutil
+import secrets
 import socket
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mlflow_best_export import fs
+
 logger = logging.getLogger(__name__)
 
 METADATA_FILENAME = "mlflow_best_export.json"
+#: Where the metadata is inside an export directory.
+METADATA_PATH = f"assets.extra/{METADATA_FILENAME}"
 METADATA_FORMAT = 1
 LOCK_FILENAME = ".mlflow_best_export.lock"
 _TEMP_PREFIX = "temp-"
+#: The files that make a directory a SavedModel; written last, deleted first.
+SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 
 
 @dataclass(frozen=True)
@@ -121,20 +135,18 @@ def build_metadata(
 
 
 def write_metadata_file(metadata: Mapping[str, Any], directory: str) -> str:
-    """Write metadata as JSON into ``directory``; return the file's path."""
+    """Write metadata as JSON into ``directory`` (a local staging directory); return its path."""
     path = os.path.join(directory, METADATA_FILENAME)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(metadata, f, indent=2, sort_keys=True)
-        f.write("\n")
+    text = json.dumps(metadata, indent=2, sort_keys=True) + "\n"
+    fs.write_bytes(path, text.encode("utf-8"))
     return path
 
 
 def read_metadata(export_dir: str) -> dict[str, Any] | None:
     """The parsed metadata of an export, or None when it has none (or it is unreadable)."""
-    path = os.path.join(export_dir, "assets.extra", METADATA_FILENAME)
+    path = fs.join(export_dir, "assets.extra", METADATA_FILENAME)
     try:
-        with open(path, encoding="utf-8") as f:
-            metadata = json.load(f)
+        metadata = json.loads(fs.read_bytes(path).decode("utf-8"))
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as err:
@@ -167,18 +179,15 @@ def _export_from_metadata(path: str, version: int, metadata: dict[str, Any]) -> 
 def list_exports(export_base: str) -> list[Export]:
     """The exports under ``export_base``, oldest first, with their metadata.
 
-    Only 10-digit timestamp directories count (what TensorFlow Serving loads);
-    ``temp-*`` directories of unfinished exports and other files are ignored.
+    Only 10-digit timestamp directories holding a ``saved_model.pb`` (or
+    ``.pbtxt``) count (what TensorFlow Serving loads); ``temp-*`` directories
+    of unfinished exports, debris of a crash and other files are ignored.
     Exports without metadata have ``step`` and ``metrics`` of None.
     """
-    try:
-        names = os.listdir(export_base)
-    except FileNotFoundError:
-        return []
     exports = []
-    for name in sorted(names):
-        path = os.path.join(export_base, name)
-        if not is_export_dir_name(name) or not os.path.isdir(path):
+    for name in fs.listdir(export_base):
+        path = fs.join(export_base, name)
+        if not is_export_dir_name(name) or not is_saved_model(path):
             continue
         metadata = read_metadata(path)
         if metadata is None:
@@ -188,15 +197,22 @@ def list_exports(export_base: str) -> list[Export]:
     return exports
 
 
+def is_saved_model(path: str) -> bool:
+    """True if ``path`` is a directory holding ``saved_model.pb`` or ``saved_model.pbtxt``."""
+    return any(fs.exists(fs.join(path, name)) for name in SAVED_MODEL_FILES)
+
+
 def read_export_step(export_dir: str) -> int | None:
     """The ``global_step`` saved in an export's variables, or None if it has none."""
-    prefix = os.path.join(export_dir, "variables", "variables")
-    if not os.path.exists(prefix + ".index"):
+    prefix = fs.join(export_dir, "variables", "variables")
+    if not fs.exists(prefix + ".index"):
         return None
     import tensorflow as tf
 
     try:
-        return int(tf.train.load_variable(prefix, "global_step"))
+        # The reader of the prefix itself: load_variable first asks whether the prefix is
+        # a directory, which ram:// answers yes for any prefix of a file's name.
+        return int(tf.compat.v1.train.NewCheckpointReader(prefix).get_tensor("global_step"))
     except (tf.errors.OpError, ValueError, KeyError) as err:
         logger.info("No global_step in %s: %s", prefix, err)
         return None
@@ -266,20 +282,29 @@ def compare_fn_of(exports: Iterable[Export]) -> Any:
 
 
 def remove_stale_temps(export_base: str) -> list[str]:
-    """Delete ``temp-*`` directories left by an export that crashed; return their paths.
+    """Delete what a crashed export or deletion left behind; return the paths removed.
 
-    Only call this while holding the export directory's lock: an export in
-    progress writes to such a directory.
+    That is ``temp-*`` directories (an export being written, or a local export
+    being deleted) and timestamp directories with our metadata but without a
+    ``saved_model.pb`` (a remote export being copied or deleted); a directory
+    of anyone else's is left alone. Only call this while holding
+    the export directory's lock: an export in progress writes to such a
+    directory.
     """
     removed = []
-    try:
-        names = os.listdir(export_base)
-    except FileNotFoundError:
-        return removed
-    for name in names:
-        path = os.path.join(export_base, name)
-        if name.startswith(_TEMP_PREFIX) and os.path.isdir(path):
-            shutil.rmtree(path, ignore_errors=True)
+    for name in fs.listdir(export_base):
+        path = fs.join(export_base, name)
+        if name.startswith(_TEMP_PREFIX):
+            debris = fs.isdir(path)
+        else:
+            # Ours (it has our metadata), yet not a SavedModel: half copied or half deleted.
+            debris = (
+                is_export_dir_name(name)
+                and fs.exists(fs.join(path, METADATA_PATH))
+                and not is_saved_model(path)
+            )
+        if debris:
+            fs.rmtree(path)
             logger.info("Removed the unfinished export %s", path)
             removed.append(path)
     return removed
@@ -288,78 +313,219 @@ def remove_stale_temps(export_base: str) -> list[str]:
 def delete_exports(exports: Iterable[Export]) -> list[Export]:
     """Delete export directories; return the ones that are gone.
 
-    The directory is first renamed to a ``temp-`` name so that a crash in the
-    middle of the deletion never leaves a half-deleted export that looks
-    servable; stale ``temp-`` directories are cleaned up on the next start.
+    A crash in the middle never leaves a half-deleted export that looks
+    servable: a local export is first renamed to a ``temp-`` name; elsewhere
+    its ``saved_model.pb`` goes first. Either kind of debris is cleaned up
+    when the exporter next starts (:func:`remove_stale_temps`).
     """
     deleted = []
     for export in exports:
-        base, name = os.path.split(export.path)
-        doomed = os.path.join(base, f"{_TEMP_PREFIX}delete-{name}")
         try:
-            os.rename(export.path, doomed)
-        except FileNotFoundError:
-            deleted.append(export)
-            continue
+            if fs.has_atomic_rename(export.path):
+                base, name = fs.split(export.path)
+                doomed = fs.join(base, f"{_TEMP_PREFIX}delete-{name}")
+                try:
+                    fs.rename(export.path, doomed)
+                except FileNotFoundError:
+                    deleted.append(export)
+                    continue
+            else:
+                doomed = export.path
+                _retire_in_place(doomed)
+            fs.rmtree(doomed)
         except OSError as err:
             logger.warning("Could not delete the export %s: %s", export.path, err)
             continue
-        shutil.rmtree(doomed, ignore_errors=True)
         logger.info("Deleted the export %s (no longer among the best)", export.path)
         deleted.append(export)
     return deleted
+
+
+def _retire_in_place(export_dir: str) -> None:
+    """Delete a remote export so that every crash leaves recognisable debris: the SavedModel
+    file first (no longer servable nor listed), our metadata last (the debris stays ours)."""
+    for name in SAVED_MODEL_FILES:
+        fs.remove(fs.join(export_dir, name))
+    for relative in fs.walk_files(export_dir):
+        if relative != METADATA_PATH:
+            fs.remove(fs.join(export_dir, relative))
+    fs.remove(fs.join(export_dir, METADATA_PATH))
+
+
+def stage_export(local_dir: str, export_base: str, name: str) -> str:
+    """Put an export written locally into ``export_base``; return its path there.
+
+    Locally this is the atomic rename TensorFlow does. Elsewhere the files
+    are copied with ``saved_model.pb`` last, so the export is complete (and
+    listed) only once all of it is there.
+    """
+    destination = fs.join(export_base, name)
+    fs.upload_tree(local_dir, destination, first=(METADATA_PATH,), last=SAVED_MODEL_FILES)
+    return destination
 
 
 class ExportDirLockedError(RuntimeError):
     """Another process is exporting to the same export directory."""
 
 
+#: Seconds a remote lock stays valid without renewal (the holder renews it every third).
+LEASE_SECONDS = float(os.environ.get("MLFLOW_BEST_EXPORT_LOCK_LEASE", "120"))
+# Time for a racing writer's lock object to become visible before ours is read back.
+_SETTLE_SECONDS = 0.5
+
+
+def _owner() -> dict[str, Any]:
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": time.time(),
+        "token": secrets.token_hex(8),
+    }
+
+
+def _describe_owner(owner: Mapping[str, Any]) -> str:
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(owner.get("started", 0)))
+    return f"pid {owner.get('pid')} on {owner.get('host')}, started {started}"
+
+
 class ExportDirLock:
     """An exclusive, process-lifetime lock on an export directory.
 
     Two exporters writing the same ``export/<name>`` directory would each
-    delete the other's exports. The lock is an ``flock`` on a file inside the
-    directory, so the kernel releases it when the holder dies, even by SIGKILL.
+    delete the other's exports. Locally the lock is an ``flock`` on a file in
+    the directory, which the kernel releases when the holder dies, even by
+    SIGKILL. Elsewhere (object stores, HDFS, ``ram://``) it is a lease: a lock
+    file holding the owner (host, pid, start time, a random token) and when
+    the lease was last renewed. A daemon thread renews it every third of
+    ``lease_seconds``; a lock not renewed for ``lease_seconds`` belongs to a
+    dead holder and is taken over. Two exporters starting within the same
+    fraction of a second on a store without conditional writes can still both
+    believe they hold it; each reads its lock back after a pause, which
+    catches all but a very narrow race.
+
+    Args:
+      export_base: the export directory.
+      lease_seconds: how long a remote lock stays valid without renewal.
     """
 
-    def __init__(self, export_base: str):
-        self.path = os.path.join(export_base, LOCK_FILENAME)
-        self._fd: int | None = None
+    def __init__(self, export_base: str, lease_seconds: float | None = None):
+        self.path = fs.join(export_base, LOCK_FILENAME)
+        self._export_base = export_base
+        self._lease = LEASE_SECONDS if lease_seconds is None else float(lease_seconds)
+        self._local: fs.LocalLock | None = None
+        self._owner: dict[str, Any] | None = None
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+        self._lost: str | None = None
 
     def acquire(self) -> None:
         """Take the lock.
 
         Raises:
-          ExportDirLockedError: if another process holds it; the message names
-            the holder recorded in the lock file.
+          ExportDirLockedError: if another live process holds it; the message
+            names the holder.
         """
-        import fcntl
-
-        if self._fd is not None:
+        if self._local is not None or self._owner is not None:
             return
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 256, 0).decode("utf-8", "replace").strip() or "unknown"
-            os.close(fd)
-            raise ExportDirLockedError(
-                f"Another process ({holder}) is exporting to {os.path.dirname(self.path)}. "
-                f"Two exporters must not share an export directory: give this one another "
-                f"`name`, or stop the other process."
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
-        self._fd = fd
+        owner = _owner()
+        if fs.has_atomic_rename(self.path):
+            lock = fs.LocalLock(self.path)
+            holder = lock.acquire(_describe_owner(owner))
+            if holder is not None:
+                self._refuse(holder)
+            self._local = lock
+            return
+        fs.makedirs(self._export_base)
+        current = self._read()
+        if current is not None and current.get("token") != owner["token"]:
+            age = time.time() - float(current.get("renewed", 0))
+            if age < float(current.get("lease", self._lease)):
+                self._refuse(_describe_owner(current))
+            logger.warning(
+                "Taking over the lock on %s from %s: it was not renewed for %.0f s.",
+                self._export_base,
+                _describe_owner(current),
+                age,
+            )
+        self._write(owner)
+        time.sleep(_SETTLE_SECONDS)
+        current = self._read()
+        if current is None or current.get("token") != owner["token"]:
+            self._refuse(_describe_owner(current or {}))
+        self._owner = owner
+        self._stop.clear()
+        self._renewer = threading.Thread(
+            target=self._renew, name="mlflow-best-export-lock", daemon=True
+        )
+        self._renewer.start()
+
+    def check(self) -> None:
+        """Raise if a remote lease was lost (taken over, or not renewable).
+
+        Raises:
+          ExportDirLockedError: naming what happened.
+        """
+        if self._lost is not None:
+            raise ExportDirLockedError(self._lost)
 
     def release(self) -> None:
-        """Release the lock (the file stays; it is harmless)."""
-        if self._fd is None:
+        """Release the lock; a remote lock file is deleted if it is still ours."""
+        if self._local is not None:
+            self._local.release()
+            self._local = None
+        if self._owner is None:
             return
-        import fcntl
+        self._stop.set()
+        if self._renewer is not None:
+            self._renewer.join(timeout=10)
+        try:
+            current = self._read()
+            if current is not None and current.get("token") == self._owner["token"]:
+                fs.remove(self.path)
+        except OSError as err:
+            logger.warning("Could not remove the lock %s: %s", self.path, err)
+        self._owner = None
 
-        with contextlib.suppress(OSError):
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-        os.close(self._fd)
-        self._fd = None
+    def _refuse(self, holder: str) -> None:
+        raise ExportDirLockedError(
+            f"Another process ({holder}) is exporting to {self._export_base}. Two exporters "
+            f"must not share an export directory: give this one another `name`, or stop the "
+            f"other process."
+        ) from None
+
+    def _read(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads(fs.read_bytes(self.path).decode("utf-8"))
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            return {}  # half-written or foreign: an expired lease
+        return data if isinstance(data, dict) else {}
+
+    def _write(self, owner: Mapping[str, Any]) -> None:
+        record = dict(owner, renewed=time.time(), lease=self._lease)
+        fs.write_bytes(self.path, json.dumps(record, sort_keys=True).encode("utf-8"))
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self._lease / 3) and self._renew_once():
+            pass
+
+    def _renew_once(self) -> bool:
+        """Renew the lease; False once it was found taken over (see :meth:`check`)."""
+        owner = self._owner
+        if owner is None:
+            return False
+        try:
+            current = self._read()
+            if current is not None and current.get("token") != owner["token"]:
+                self._lost = (
+                    f"The lock on {self._export_base} was taken over by "
+                    f"{_describe_owner(current)}: this exporter did not renew it within "
+                    f"the lease ({self._lease:.0f} s)."
+                )
+                logger.error(self._lost)
+                return False
+            self._write(owner)
+        except OSError as err:
+            logger.warning("Could not renew the lock %s: %s", self.path, err)
+        return True
