@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import click
 
+from mlflow_best_export import fs
 from mlflow_best_export.history import EvalHistory
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,32 @@ def _one_line_errors(fn: Callable) -> Callable:
             raise CommandError(_first_line(str(err))) from err
 
     return wrapper
+
+
+def _check_model_dir(model_dir: str) -> None:
+    """A model directory that exists, on a filesystem this process can read (else exit 1)."""
+    fs.check_filesystem(model_dir)
+    if not fs.isdir(model_dir):
+        raise CommandError(f"The model directory {model_dir!r} does not exist.")
+
+
+def console_main() -> None:
+    """The ``mlflow-best-export`` command: ``main`` with an exit that S3 cannot spoil.
+
+    tensorflow-io's S3 filesystem aborts the interpreter at exit once used
+    (status 134, see ``fs.exit_process``); the command's own status is kept.
+    """
+    try:
+        main.main(prog_name="mlflow-best-export")
+        code: int | str | None = 0
+    except SystemExit as done:
+        code = done.code
+    if fs.aborts_at_exit():
+        if isinstance(code, str):
+            click.echo(code, err=True)
+            code = 1
+        fs.exit_process(code or 0)
+    sys.exit(code)
 
 
 def _first_line(text: str) -> str:
@@ -122,11 +149,10 @@ def history(model_dir, pattern, metric, mode, fmt, plot, exporter_name) -> None:
     from mlflow_best_export.history import read_eval_history
     from mlflow_best_export.ranking import metric_bigger, metric_smaller, rank_best_first
 
-    if not os.path.isdir(model_dir):
-        raise CommandError(f"The model directory {model_dir!r} does not exist.")
+    _check_model_dir(model_dir)
     hist = read_eval_history(model_dir, pattern)
     if not hist.records:
-        raise CommandError(f"No eval records under {os.path.join(model_dir, pattern)}.")
+        raise CommandError(f"No eval records under {fs.join(model_dir, pattern)}.")
     metric = _best_metric(hist, metric)
     frame = hist.to_pandas()
     best_step = None
@@ -163,7 +189,7 @@ def _plot(hist, model_dir, exporter_name, metric, mode, path) -> None:
 
     if metric is None:
         raise CommandError("--plot needs --metric: the history has no 'loss'.")
-    kept = exports_lib.list_exports(os.path.join(model_dir, "export", exporter_name))
+    kept = exports_lib.list_exports(fs.join(model_dir, "export", exporter_name))
     steps = [e.step for e in kept if e.step is not None]
     figure = history_figure(hist, metric, higher_is_better=mode == "max", kept_steps=steps)
     figure.savefig(path)
@@ -218,8 +244,7 @@ def sync(
     from mlflow_best_export import mirror, registry
     from mlflow_best_export.ranking import metric_bigger, metric_smaller
 
-    if not os.path.isdir(model_dir):
-        raise CommandError(f"The model directory {model_dir!r} does not exist.")
+    _check_model_dir(model_dir)
     if registered_model is not None:
         registry.validate_registered_model_name(registered_model)
     alias = registry.validate_alias(alias, "--alias")
@@ -232,7 +257,7 @@ def sync(
     bar = _Progress()
     try:
         report = mirror.sync(
-            os.path.abspath(model_dir),
+            model_dir if fs.is_url(model_dir) else os.path.abspath(model_dir),
             exporter_name=exporter_name,
             event_file_pattern=pattern,
             compare_fn=compare_fn,

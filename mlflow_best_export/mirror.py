@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
 import threading
 import time
 import weakref
@@ -24,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mlflow_best_export import fs
 from mlflow_best_export.exports import Export
 from mlflow_best_export.history import EvalHistory, EvalRecord
 from mlflow_best_export.tracking import normalize_dir, redact_text
@@ -218,7 +218,7 @@ class Mirror:
             try:
                 reg.log_model(export, lambda e, model_id: self._link(snapshot.history, e, model_id))
             except Exception:
-                if os.path.isdir(export.path):
+                if fs.isdir(export.path):
                     raise
                 # Retention deleted it after the snapshot was taken; a newer snapshot
                 # follows, and the unfinished LoggedModel is cleaned up then.
@@ -454,11 +454,12 @@ def snapshot_of(
     from mlflow_best_export import exports as exports_lib
     from mlflow_best_export.history import read_eval_history
 
-    if not os.path.isdir(model_dir):
+    fs.check_filesystem(model_dir)
+    if not fs.isdir(model_dir):
         raise ValueError(f"The model directory {model_dir!r} does not exist.")
     history = read_eval_history(model_dir, event_file_pattern) if event_file_pattern else None
     history = history if history is not None else EvalHistory([])
-    exports = exports_lib.list_exports(os.path.join(model_dir, "export", exporter_name))
+    exports = exports_lib.list_exports(fs.join(model_dir, "export", exporter_name))
     if compare_fn is None:
         compare_fn = exports_lib.compare_fn_of(exports)
         if compare_fn is None and exports:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from mlflow_best_export import fs
 from mlflow_best_export._version import __version__
 
 if TYPE_CHECKING:
@@ -253,19 +253,16 @@ def signature_of(
 
 
 def _serving_meta_graph(export_dir: str):
-    import tensorflow as tf
     from google.protobuf import text_format
     from tensorflow.core.protobuf import saved_model_pb2
 
     saved_model = saved_model_pb2.SavedModel()
-    pb = os.path.join(export_dir, "saved_model.pb")
-    pbtxt = os.path.join(export_dir, "saved_model.pbtxt")
-    if tf.io.gfile.exists(pb):
-        with tf.io.gfile.GFile(pb, "rb") as f:
-            saved_model.ParseFromString(f.read())
-    elif tf.io.gfile.exists(pbtxt):
-        with tf.io.gfile.GFile(pbtxt, "r") as f:
-            text_format.Parse(f.read(), saved_model)
+    pb = fs.join(export_dir, "saved_model.pb")
+    pbtxt = fs.join(export_dir, "saved_model.pbtxt")
+    if fs.exists(pb):
+        saved_model.ParseFromString(fs.read_bytes(pb))
+    elif fs.exists(pbtxt):
+        text_format.Parse(fs.read_bytes(pbtxt).decode("utf-8"), saved_model)
     else:
         raise ValueError(
             f"{export_dir!r} is not a SavedModel directory: it has neither saved_model.pb "
@@ -521,7 +518,7 @@ def save_model(
     signature = signature_of(export_dir, signature_key)
     path = os.path.abspath(os.fspath(path))
     _validate_and_prepare_target_save_path(path)
-    _copy_tree(export_dir, os.path.join(path, SAVED_MODEL_SUBPATH))
+    fs.copy_tree_to_local(export_dir, os.path.join(path, SAVED_MODEL_SUBPATH))
 
     if mlflow_model is None:
         mlflow_model = Model()
@@ -562,24 +559,6 @@ def save_model(
     with open(os.path.join(path, _REQUIREMENTS_FILE_NAME), "w") as f:
         f.write("\n".join(requirements))
     _PythonEnv.current().to_yaml(os.path.join(path, _PYTHON_ENV_FILE_NAME))
-
-
-def _copy_tree(source: str, destination: str) -> None:
-    """Copy a directory tree, from any filesystem TensorFlow reads, to a local path."""
-    import tensorflow as tf
-
-    if os.path.isdir(source):
-        shutil.copytree(source, destination)
-        return
-    if not tf.io.gfile.isdir(source):
-        raise ValueError(f"{source!r} is not a directory.")
-    for root, _, files in tf.io.gfile.walk(source):
-        relative = os.path.relpath(root, source) if root != source else ""
-        os.makedirs(os.path.join(destination, relative), exist_ok=True)
-        for name in files:
-            tf.io.gfile.copy(
-                tf.io.gfile.join(root, name), os.path.join(destination, relative, name)
-            )
 
 
 # -- LoggedModels ----------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from mlflow.entities import Metric, RunStatus
 from mlflow.tracking import MlflowClient
 
+from mlflow_best_export import fs
 from mlflow_best_export.history import EvalRecord
 
 logger = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ def exporter_key(model_dir: str, exporter_name: str) -> str:
 
 def normalize_dir(path: str) -> str:
     """An absolute, normalized path for local directories; URLs stay as given."""
-    if "://" in path:
+    if fs.is_url(path):
         return path.rstrip("/")
     return os.path.normpath(os.path.abspath(path))
 
