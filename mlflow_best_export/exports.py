@@ -383,6 +383,18 @@ def _owner() -> dict[str, Any]:
     }
 
 
+def _process_alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
 def _describe_owner(owner: Mapping[str, Any]) -> str:
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(owner.get("started", 0)))
     return f"pid {owner.get('pid')} on {owner.get('host')}, started {started}"
@@ -397,8 +409,9 @@ class ExportDirLock:
     SIGKILL. Elsewhere (object stores, HDFS, ``ram://``) it is a lease: a lock
     file holding the owner (host, pid, start time, a random token) and when
     the lease was last renewed. A daemon thread renews it every third of
-    ``lease_seconds``; a lock not renewed for ``lease_seconds`` belongs to a
-    dead holder and is taken over. Two exporters starting within the same
+    ``lease_seconds``. A second exporter waits: a renewal proves the holder
+    alive (refused, naming it); a lease that runs out, or a holder on the same
+    host whose process is gone, is taken over. Two exporters starting within the same
     fraction of a second on a store without conditional writes can still both
     believe they hold it; each reads its lock back after a pause, which
     catches all but a very narrow race.
@@ -437,16 +450,8 @@ class ExportDirLock:
             return
         fs.makedirs(self._export_base)
         current = self._read()
-        if current is not None and current.get("token") != owner["token"]:
-            age = time.time() - float(current.get("renewed", 0))
-            if age < float(current.get("lease", self._lease)):
-                self._refuse(_describe_owner(current))
-            logger.warning(
-                "Taking over the lock on %s from %s: it was not renewed for %.0f s.",
-                self._export_base,
-                _describe_owner(current),
-                age,
-            )
+        if current is not None:
+            self._wait_for_lease(current)
         self._write(owner)
         time.sleep(_SETTLE_SECONDS)
         current = self._read()
@@ -458,6 +463,52 @@ class ExportDirLock:
             target=self._renew, name="mlflow-best-export-lock", daemon=True
         )
         self._renewer.start()
+
+    def _wait_for_lease(self, current: dict[str, Any]) -> None:
+        """Return once the lock in ``current`` may be taken over; refuse if its holder lives.
+
+        A lease renewed within its term may belong to a live exporter or to one
+        that just died (a preempted job restarted at once). A holder on this
+        host whose process is gone is known dead. Otherwise this waits, at most
+        until the lease runs out: a renewal proves the holder alive.
+        """
+        lease = float(current.get("lease", self._lease))
+        expires = float(current.get("renewed", 0)) + lease
+        holder = _describe_owner(current)
+        if time.time() >= expires:
+            logger.warning(
+                "Taking over the lock on %s from %s: its lease ran out.", self._export_base, holder
+            )
+            return
+        if current.get("host") == socket.gethostname() and not _process_alive(current.get("pid")):
+            logger.warning(
+                "Taking over the lock on %s from %s: that process is gone.",
+                self._export_base,
+                holder,
+            )
+            return
+        logger.warning(
+            "The export directory %s is locked by %s; waiting up to %.0f s for its lease to be "
+            "renewed (a live exporter) or to run out (a stopped one).",
+            self._export_base,
+            holder,
+            expires - time.time(),
+        )
+        while time.time() < expires:
+            time.sleep(min(1.0, lease / 10))
+            now = self._read()
+            if now is None:
+                return  # released meanwhile
+            if now.get("token") != current.get("token") or now.get("renewed") != current.get(
+                "renewed"
+            ):
+                self._refuse(_describe_owner(now))
+        logger.warning(
+            "Taking over the lock on %s from %s: it was not renewed within its lease (%.0f s).",
+            self._export_base,
+            holder,
+            lease,
+        )
 
     def check(self) -> None:
         """Raise if a remote lease was lost (taken over, or not renewable).

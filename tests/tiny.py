@@ -169,6 +169,7 @@ def _kill_self() -> None:
 KILL_POINTS = (
     "before_export",
     "in_savedmodel_write",
+    "during_remote_copy",
     "before_retention",
     "during_retention",
     "during_upload",
@@ -181,6 +182,9 @@ KILL_POINTS = (
 - ``before_export``: the eval of STEP is in the event file, its export() never runs.
 - ``in_savedmodel_write``: the first SavedModel written at or after STEP is complete
   in its ``temp-*`` directory, not yet given its assets nor renamed into place.
+- ``during_remote_copy``: an export at or after STEP to a URL model directory is
+  written locally and half of its files are copied to the store, ``saved_model.pb``
+  not yet.
 - ``before_retention``: in export() of STEP, the new export is renamed into place and
   disk retention has not run. (Our metadata travels inside assets.extra, so "after
   the rename, before the metadata" is the same moment: there is no such gap.)
@@ -243,6 +247,22 @@ def _install_kill(exporter_cls, point: str, at_step: int):
             return result
 
         builder_cls.save = save_then_die
+
+    if point == "during_remote_copy":
+        import tensorflow as tf
+
+        original_copy = tf.io.gfile.copy
+        copied = []
+
+        def copy_then_die(source, destination, *args, **kwargs):
+            result = original_copy(source, destination, *args, **kwargs)
+            if "/export/" in destination and state["step"] >= at_step:
+                copied.append(destination)
+                if len(copied) == 2:
+                    _kill_self()  # metadata and one more file are there, saved_model.pb is not
+            return result
+
+        tf.io.gfile.copy = copy_then_die
 
     if point == "during_retention":
         import shutil
@@ -356,6 +376,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kill", default=None, help="POINT:STEP")
     parser.add_argument("--exporter-kwargs", default="{}", help="JSON keyword arguments")
     parser.add_argument("--log-level", default=None, help="log mlflow_best_export at this level")
+    parser.add_argument(
+        "--exit-process", action="store_true", help="end with fs.exit_process(0) (S3's abort)"
+    )
     args = parser.parse_args(argv)
     if args.log_level:
         import logging
@@ -366,7 +389,9 @@ def main(argv: list[str] | None = None) -> None:
     import tensorflow as tf
 
     tf.get_logger().setLevel("ERROR")
-    from mlflow_best_export import MLflowBestExporter, loss_smaller, metric_bigger
+    if args.model_dir.startswith("s3://"):
+        import tensorflow_io  # noqa: F401 - registers the s3:// filesystem the Estimator writes to
+    from mlflow_best_export import MLflowBestExporter, fs, loss_smaller, metric_bigger
 
     exporter_cls = MLflowBestExporter
     if args.kill:
@@ -383,6 +408,8 @@ def main(argv: list[str] | None = None) -> None:
     train(args.model_dir, exporter, losses, every=args.every, max_steps=args.max_steps)
     if hasattr(exporter, "close"):
         exporter.close()
+    if args.exit_process:
+        fs.exit_process(0)
 
 
 if __name__ == "__main__":
