@@ -29,16 +29,6 @@ from mlflow_best_export.history import HistoryReader
 LOSSES = [50, 30, 40, 20, 25, 10, 60, 5, 8]
 
 
-def new_bests(losses: list[float], every: int = 2) -> list[int]:
-    """The steps whose scheduled loss beats every earlier one (the oracle: the schedule)."""
-    steps, best = [], None
-    for index, loss in enumerate(losses):
-        if best is None or loss < best:
-            steps.append(every * (index + 1))
-            best = loss
-    return steps
-
-
 @pytest.fixture(params=["local", "ram"])
 def model_dir(request, tmp_path):
     if request.param == "local":
@@ -85,7 +75,7 @@ def test_keeps_the_last_n_new_bests(model_dir):
     tiny.train(model_dir, first, LOSSES)
     first.close()
     kept = exports_on_store(model_dir)
-    assert sorted(kept) == new_bests(LOSSES)[-3:]
+    assert sorted(kept) == tiny.new_best_steps(LOSSES)[-3:]
     for step, metadata in kept.items():
         assert metadata["eval_result"]["loss"] == pytest.approx(
             tiny.loss_at(tiny.schedule_from(LOSSES, 2), step), abs=2
@@ -104,7 +94,7 @@ def test_restart_with_worse_evals_keeps_what_a_never_stopped_run_keeps(model_dir
     second = exporter(exports_to_keep=2)
     tiny.train(model_dir, second, LOSSES)
     second.close()
-    assert sorted(exports_on_store(model_dir)) == new_bests(LOSSES)[-2:]
+    assert sorted(exports_on_store(model_dir)) == tiny.new_best_steps(LOSSES)[-2:]
     assert not leftovers(model_dir)
 
 

@@ -17,6 +17,7 @@ import sys
 import time
 
 import pytest
+import tiny
 from conftest import run_tiny, subprocess_env
 from mlflow.tracking import MlflowClient
 from s3 import s3_server
@@ -28,15 +29,6 @@ pytestmark = pytest.mark.slow
 LOSSES = [50, 30, 40, 20, 25, 10, 60, 5, 8]  # new bests at steps 2, 4, 8, 12, 16
 EXPORTS = "run/export/best_exporter"
 ABORT = "pure virtual method called"
-
-
-def new_bests(losses, every=2):
-    steps, best = [], None
-    for index, loss in enumerate(losses):
-        if best is None or loss < best:
-            steps.append(every * (index + 1))
-            best = loss
-    return steps
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +69,7 @@ def test_restart_with_worse_evals_keeps_the_last_new_bests_and_mlflow_mirrors_th
     second = tiny_on_s3(s3, model_dir, *common, "--exit-process")
     assert_clean_or_s3_abort(second, exit_process=True)
 
-    expected = new_bests(LOSSES)[-2:]
+    expected = tiny.new_best_steps(LOSSES)[-2:]
     kept = s3.export_steps(bucket, EXPORTS)
     assert sorted(kept) == expected == [12, 16]
     # Nothing else under the export directory: no temp-*, no half-copied export, no lock.
@@ -135,7 +127,9 @@ def test_sigkill_in_the_middle_of_a_remote_export_then_restart(s3):
     restarted = tiny_on_s3(s3, model_dir, *common, "--exit-process")
     assert_clean_or_s3_abort(restarted, exit_process=True)
     # Step 8's best was lost to the crash and is recovered from its checkpoint; 12 is new.
-    assert sorted(s3.export_steps(bucket, EXPORTS)) == new_bests(LOSSES[:6])[-2:] == [8, 12]
+    assert (
+        sorted(s3.export_steps(bucket, EXPORTS)) == tiny.new_best_steps(LOSSES[:6])[-2:] == [8, 12]
+    )
     assert half[0] not in s3.exports(bucket, EXPORTS)
     assert all("saved_model.pb" in f for f in s3.exports(bucket, EXPORTS).values())
 

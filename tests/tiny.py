@@ -126,6 +126,17 @@ def parsing_serving_input_receiver_fn():
     )()
 
 
+def new_best_steps(losses: list[float], every: int = 2) -> list[int]:
+    """The checkpoint steps whose scheduled loss beats every earlier one: the evals a
+    never-stopped run with ``loss_smaller`` exports, read off the schedule alone."""
+    steps, best = [], None
+    for index, loss in enumerate(losses):
+        if best is None or loss < best:
+            steps.append(every * (index + 1))
+            best = loss
+    return steps
+
+
 def schedule_from(losses: list[float], every: int) -> dict[int, float]:
     """Map the n-th checkpoint (step ``every * n``) to ``losses[n - 1]``."""
     return {every * (i + 1): float(v) for i, v in enumerate(losses)}
