@@ -54,6 +54,7 @@ class SyncReport:
     models_deleted: list[str] = field(default_factory=list)
     protected_versions: list[str] = field(default_factory=list)
     alias_moved_to: int | None = None
+    storage_reclaimed: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -65,6 +66,7 @@ class SyncReport:
             or self.versions_deleted
             or self.models_deleted
             or self.alias_moved_to is not None
+            or self.storage_reclaimed
         )
 
     def summary(self) -> str:
@@ -84,6 +86,10 @@ class SyncReport:
             parts.append(f"{len(self.models_deleted)} logged models deleted")
         if self.alias_moved_to is not None:
             parts.append(f"alias moved to step {self.alias_moved_to}")
+        if self.storage_reclaimed:
+            parts.append(
+                f"artifacts of {len(self.storage_reclaimed)} deleted logged models reclaimed"
+            )
         return "; ".join(parts) + "."
 
 
@@ -138,6 +144,7 @@ class Mirror:
         self._metrics = None
         self._registry = None
         self._in_step_with: tuple[str, ...] | None = None
+        self._leftovers_reclaimed = False
 
     # -- connection ------------------------------------------------------------------------
 
@@ -241,6 +248,9 @@ class Mirror:
             done += 1
             if progress:
                 progress("registered", done, total)
+        if versions is not None:
+            live = [v for v in versions if v not in the_plan.delete_versions]
+            reg.link(models, live)
         if the_plan.alias_to is not None and normalize_dir(the_plan.alias_to.path) in version_of:
             reg.set_alias(the_plan.alias_to, version_of)
             report.alias_moved_to = the_plan.alias_to.step
@@ -259,6 +269,13 @@ class Mirror:
                 ", ".join(a for a in entry.aliases if a != self.alias),
             )
         report.protected_versions = [v.version for v in the_plan.protected]
+        if not self._leftovers_reclaimed:
+            # Once per process: artifacts that a crash, a user's delete or an earlier
+            # release left behind deleted logged models.
+            for leftover in registry_lib.find_leftovers(self._client, [reg.experiment_id]):
+                registry_lib.reclaim_leftover(self._client, leftover)
+                report.storage_reclaimed.append(leftover.model_id)
+            self._leftovers_reclaimed = True
         self._log_figure(snapshot)
         self._in_step_with = None if gone else kept_dirs
         return report

@@ -91,14 +91,25 @@ def validate_registered_model_name(name: object) -> str | None:
 # -- what is there ---------------------------------------------------------------------------
 
 
+#: The LoggedModel tag MLflow's own ``register_model`` writes and the UI's Models tab reads:
+#: a JSON list of ``{"name": ..., "version": ...}``.
+TAG_MODEL_VERSIONS = "mlflow.modelVersions"
+
+
 @dataclass(frozen=True)
 class ModelEntry:
-    """A LoggedModel this exporter created."""
+    """A LoggedModel this exporter created.
+
+    Attributes:
+      linked: the ``(registered model name, version)`` pairs its
+        ``mlflow.modelVersions`` tag lists.
+    """
 
     model_id: str
     export_dir: str
     ready: bool
     artifact_location: str = ""
+    linked: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -129,7 +140,89 @@ def _model_entry(model: LoggedModel) -> ModelEntry:
         export_dir=model.tags.get(TAG_EXPORT_DIR, ""),
         ready=model.status == LoggedModelStatus.READY,
         artifact_location=model.artifact_location,
+        linked=tuple(_links(model.tags.get(TAG_MODEL_VERSIONS))),
     )
+
+
+def _links(raw: str | None) -> list[tuple[str, str]]:
+    import json
+
+    try:
+        entries = json.loads(raw) if raw else []
+    except ValueError:
+        return []
+    return [
+        (str(e["name"]), str(e["version"]))
+        for e in entries
+        if isinstance(e, dict) and "name" in e and "version" in e
+    ]
+
+
+def link_version(client: MlflowClient, model_id: str, name: str, version: str) -> None:
+    """Record a version on its LoggedModel as MLflow's ``register_model`` does, so the
+    Models tab shows the model as registered."""
+
+    model = client.get_logged_model(model_id)
+    links = _links(model.tags.get(TAG_MODEL_VERSIONS))
+    if (name, str(version)) in links:
+        return
+    links.append((name, str(version)))
+    client.set_logged_model_tags(model_id, {TAG_MODEL_VERSIONS: _links_value(links)})
+
+
+def _links_value(links: Iterable[tuple[str, str]]) -> str:
+    import json
+
+    # Versions as numbers, as MLflow's own stores write them.
+    return json.dumps([{"name": n, "version": int(v) if v.isdigit() else v} for n, v in links])
+
+
+def unlink_version(client: MlflowClient, model_id: str, name: str, version: str) -> None:
+    """Drop a deleted version from its LoggedModel's ``mlflow.modelVersions`` tag."""
+
+    try:
+        model = client.get_logged_model(model_id)
+    except MlflowException:
+        return  # the model is gone too
+    links = [
+        link for link in _links(model.tags.get(TAG_MODEL_VERSIONS)) if link != (name, str(version))
+    ]
+    if links:
+        client.set_logged_model_tags(model_id, {TAG_MODEL_VERSIONS: _links_value(links)})
+    elif TAG_MODEL_VERSIONS in model.tags:
+        client.delete_logged_model_tag(model_id, TAG_MODEL_VERSIONS)
+
+
+def model_root(artifact_location: str, model_id: str) -> str:
+    """The directory of a LoggedModel in the artifact store (``.../models/<id>``).
+
+    MLflow puts a LoggedModel's artifacts in ``<root>/models/<id>/artifacts``;
+    anything else is taken as it is.
+    """
+    location = artifact_location.rstrip("/")
+    suffix = f"/models/{model_id}/artifacts"
+    return location[: -len("/artifacts")] if location.endswith(suffix) else location
+
+
+def reclaim_storage(client: MlflowClient, artifact_location: str, model_id: str) -> None:
+    """Delete a LoggedModel's artifacts from its artifact store (local, proxied ``mlflow-
+    artifacts:`` or direct S3), through MLflow's artifact repository for that location.
+    Deleting what is already gone is no error."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    if not artifact_location:
+        return
+    root = model_root(artifact_location, model_id)
+    repo = get_artifact_repository(root, tracking_uri=client.tracking_uri)
+    try:
+        repo.delete_artifacts()
+    except FileNotFoundError:
+        pass
+    except MlflowException as err:
+        from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+
+        if err.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            raise
 
 
 def find_versions(client: MlflowClient, name: str, key: str) -> list[VersionEntry]:
@@ -382,7 +475,7 @@ class Registry:
         tags[TAG_MODEL_ID] = model.model_id
         # The source is the LoggedModel's artifact location rather than models:/<id>, which
         # not every registry resolves when the client is not the global one (local SQLite).
-        return self.client.create_model_version(
+        version = self.client.create_model_version(
             name=self.registered_model_name,
             source=model.artifact_location,
             run_id=self.run_id,
@@ -390,6 +483,20 @@ class Registry:
             description=model_card(export, self.run_id, self.compare_key),
             model_id=model.model_id,
         )
+        link_version(self.client, model.model_id, self.registered_model_name, str(version.version))
+        return version
+
+    def link(self, models: Iterable[ModelEntry], versions: Iterable[VersionEntry]) -> int:
+        """Link live versions that their LoggedModel does not list yet (stores written
+        before versions were linked); return how many were linked."""
+        by_id = {m.model_id: m for m in models}
+        linked = 0
+        for v in versions:
+            model = by_id.get(v.model_id or "")
+            if model is not None and (self.registered_model_name, v.version) not in model.linked:
+                link_version(self.client, model.model_id, self.registered_model_name, v.version)
+                linked += 1
+        return linked
 
     def set_alias(self, export: Export, versions: Mapping[str, str]) -> None:
         """Point the alias at the version of ``export``."""
@@ -397,11 +504,18 @@ class Registry:
         self.client.set_registered_model_alias(self.registered_model_name, self.alias, version)
 
     def delete_version(self, entry: VersionEntry) -> None:
-        """Delete one of this exporter's versions."""
+        """Delete one of this exporter's versions, and its link on the LoggedModel."""
         self.client.delete_model_version(self.registered_model_name, entry.version)
+        if entry.model_id:
+            unlink_version(self.client, entry.model_id, self.registered_model_name, entry.version)
 
     def delete_model(self, entry: ModelEntry) -> None:
-        """Delete one of this exporter's LoggedModels."""
+        """Delete one of this exporter's LoggedModels and its artifacts.
+
+        The artifacts go first: a crash in between leaves a live model whose
+        export is gone, which the next reconciliation deletes again.
+        """
+        reclaim_storage(self.client, entry.artifact_location, entry.model_id)
         self.client.delete_logged_model(entry.model_id)
 
 
@@ -470,13 +584,119 @@ def gc_plan(client: MlflowClient, name: str, keep: int) -> GcPlan:
 
 
 def delete_version_and_model(client: MlflowClient, name: str, entry: VersionEntry) -> None:
-    """Delete a version and the LoggedModel it was made from."""
+    """Delete a version, the LoggedModel it was made from and that model's artifacts."""
     client.delete_model_version(name, entry.version)
     if entry.model_id:
         try:
+            model = client.get_logged_model(entry.model_id)
+            reclaim_storage(client, model.artifact_location, model.model_id)
             client.delete_logged_model(entry.model_id)
         except MlflowException as err:
             logger.info("LoggedModel %s of version %s: %s", entry.model_id, entry.version, err)
+
+
+def experiments_of(client: MlflowClient, name: str) -> list[str]:
+    """The experiments of the runs behind the live versions of ``name``."""
+    experiments: set[str] = set()
+    runs: set[str] = set()
+    for mv in _all_pages(client.search_model_versions, filter_string=f"name = '{_quote(name)}'"):
+        if mv.run_id and mv.run_id not in runs:
+            runs.add(mv.run_id)
+            try:
+                experiments.add(client.get_run(mv.run_id).info.experiment_id)
+            except MlflowException:
+                continue
+    return sorted(experiments)
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """The artifacts of a deleted LoggedModel of ours still in the artifact store."""
+
+    model_id: str
+    location: str
+    size: int
+
+
+def find_leftovers(client: MlflowClient, experiment_ids: Iterable[str]) -> list[Leftover]:
+    """Artifacts of deleted LoggedModels that this package logged, in the given experiments.
+
+    Releases before storage was reclaimed only marked retired models deleted.
+    A directory counts only when no live LoggedModel has its id and its
+    ``MLmodel`` carries this package's flavor: anyone else's stays.
+    """
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    from mlflow_best_export.serving import FLAVOR_NAME
+
+    found = []
+    for experiment_id in experiment_ids:
+        experiment = client.get_experiment(experiment_id)
+        root = f"{experiment.artifact_location.rstrip('/')}/models"
+        repo = get_artifact_repository(root, tracking_uri=client.tracking_uri)
+        try:
+            entries = repo.list_artifacts()
+        except (OSError, MlflowException):
+            continue
+        for entry in entries:
+            model_id = entry.path.rstrip("/").rsplit("/", 1)[-1]
+            if not entry.is_dir or not model_id.startswith("m-"):
+                continue
+            try:
+                client.get_logged_model(model_id)
+                continue  # live: not a leftover
+            except MlflowException as err:
+                if err.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+                    raise
+            location = f"{root}/{model_id}"
+            model_repo = get_artifact_repository(location, tracking_uri=client.tracking_uri)
+            if not _is_ours(model_repo, FLAVOR_NAME) or _backs_a_version(client, model_id):
+                continue
+            found.append(Leftover(model_id, location, _size(model_repo, "")))
+    return found
+
+
+def _backs_a_version(client: MlflowClient, model_id: str) -> bool:
+    """True if a live version was made from ``model_id`` (its source is those artifacts),
+    or if that cannot be ruled out."""
+    try:
+        page = client.search_model_versions(
+            filter_string=f"tags.`{TAG_MODEL_ID}` = '{_quote(model_id)}'", max_results=1
+        )
+    except MlflowException as err:
+        logger.info("Keeping the artifacts of %s: cannot search its versions (%s).", model_id, err)
+        return True
+    return bool(list(page))
+
+
+def _is_ours(repo: Any, flavor: str) -> bool:
+    import tempfile
+
+    import yaml
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = repo.download_artifacts("artifacts/MLmodel", tmp)
+        except Exception:  # noqa: BLE001 - no MLmodel (or unreadable): not provably ours
+            return False
+        with open(path) as f:
+            mlmodel = yaml.safe_load(f) or {}
+    return flavor in (mlmodel.get("flavors") or {})
+
+
+def _size(repo: Any, path: str) -> int:
+    total = 0
+    for entry in repo.list_artifacts(path or None):
+        total += _size(repo, entry.path) if entry.is_dir else int(entry.file_size or 0)
+    return total
+
+
+def reclaim_leftover(client: MlflowClient, leftover: Leftover) -> None:
+    """Delete the artifacts of one :class:`Leftover`."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    get_artifact_repository(leftover.location, tracking_uri=client.tracking_uri).delete_artifacts()
 
 
 # -- promotion (``mlflow-best-export promote``) ----------------------------------------------
