@@ -372,6 +372,9 @@ def gc(name, keep, dry_run, tracking_uri) -> None:
 
     Only versions this package created are considered, ranked by the metric
     their exporter compared; a version carrying an alias is never deleted.
+    Deleted versions take their logged model and its artifacts with them, and
+    the artifacts of logged models that earlier releases deleted but left in
+    the artifact store (in the experiments of NAME's versions) are reclaimed.
     """
     from mlflow.tracking import MlflowClient
 
@@ -390,7 +393,23 @@ def gc(name, keep, dry_run, tracking_uri) -> None:
             click.echo(f"deleted {name} version {entry.version} ({reason})")
     for entry in doomed.protected:
         click.echo(f"kept {name} version {entry.version}: it carries {', '.join(entry.aliases)}")
+    # Storage that earlier releases left behind: deleted logged models whose artifacts stayed.
+    for leftover in registry.find_leftovers(client, registry.experiments_of(client, name)):
+        size = _human_size(leftover.size)
+        if dry_run:
+            click.echo(f"would reclaim {size} of deleted logged model {leftover.model_id}")
+        else:
+            registry.reclaim_leftover(client, leftover)
+            click.echo(f"reclaimed {size} of deleted logged model {leftover.model_id}")
+
+
+def _human_size(size: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size} bytes" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"  # pragma: no cover
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    console_main()

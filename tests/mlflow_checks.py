@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
@@ -39,13 +41,17 @@ def check_mlflow(
     alias: str = "best",
     best_step: int | None = None,
     run_id: str | None = None,
+    artifacts_destination: str | None = None,
 ) -> dict:
     """Assert that MLflow mirrors the model directory exactly; return what was found.
 
     - one run for this exporter (or the given ``run_id``), holding every eval
       step's metrics exactly once;
     - live READY LoggedModels == kept exports;
-    - live versions of this exporter == kept exports, alias on the best.
+    - live versions of this exporter == kept exports, alias on the best;
+    - model directories in the artifact store == live LoggedModels (local
+      artifact roots, or ``artifacts_destination`` of an ``mlflow server``);
+    - each live version is linked on its LoggedModel (``mlflow.modelVersions``).
     """
     client = MlflowClient(tracking_uri)
     key = exporter_key(model_dir, name)
@@ -68,6 +74,14 @@ def check_mlflow(
     assert all(m.ready for m in models), models
     assert sorted(m.export_dir for m in models) == kept, (models, kept)
 
+    # Storage: the artifact store holds a model directory for each live logged model and
+    # nothing else (retired models' artifacts are reclaimed), listed without MLflow's help.
+    stored = stored_model_ids(client, run.info.experiment_id, artifacts_destination)
+    if stored is not None:
+        live = {m.model_id for m in _all_live_models(client, run.info.experiment_id)}
+        assert stored == live, (sorted(stored), sorted(live))
+        assert live == {m.model_id for m in models}, "only this exporter logs here"
+
     found = {"run": run, "models": models, "kept": kept}
     if registered_model_name is not None:
         versions = find_versions(client, registered_model_name, key)
@@ -79,7 +93,44 @@ def check_mlflow(
         assert best.tags[TAG_EXPORT_DIR] in kept
         found["versions"] = versions
         found["best"] = best
+        for v in versions:
+            model = client.get_logged_model(v.model_id)
+            links = json.loads(model.tags.get("mlflow.modelVersions", "[]"))
+            links = [(link["name"], str(link["version"])) for link in links]
+            assert links == [(registered_model_name, v.version)], links
     return found
+
+
+def _all_live_models(client: MlflowClient, experiment_id: str) -> list:
+    models, token = [], None
+    while True:
+        page = client.search_logged_models([experiment_id], page_token=token)
+        models.extend(page)
+        token = page.token
+        if not token:
+            return models
+
+
+def stored_model_ids(
+    client: MlflowClient, experiment_id: str, artifacts_destination: str | None = None
+) -> set[str] | None:
+    """The logged-model directories in an experiment's artifact store, listed on disk
+    (None when the store is not a local directory or a known server destination)."""
+    location = client.get_experiment(experiment_id).artifact_location
+    if location.startswith("mlflow-artifacts:"):
+        if artifacts_destination is None:
+            return None
+        path = os.path.join(artifacts_destination, location.split(":", 1)[1].lstrip("/"))
+    elif location.startswith("file:"):
+        path = urllib.request.url2pathname(urllib.parse.urlparse(location).path)
+    elif "://" not in location:
+        path = location
+    else:
+        return None
+    models = os.path.join(path, "models")
+    if not os.path.isdir(models):
+        return set()
+    return {n for n in os.listdir(models) if n.startswith("m-")}
 
 
 def free_port() -> int:
@@ -96,6 +147,9 @@ class MlflowServer:
     port: int = 0
     backend_store_uri: str | None = None
     process: subprocess.Popen | None = None
+    #: Replaces ``--artifacts-destination <root>/artifacts`` (e.g. an s3:// default root).
+    artifact_args: tuple[str, ...] | None = None
+    extra_env: dict[str, str] | None = None
 
     def __post_init__(self):
         self.port = self.port or free_port()
@@ -106,10 +160,19 @@ class MlflowServer:
     def uri(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def artifacts_destination(self) -> str:
+        return os.path.join(self.root, "artifacts")
+
     def start(self, timeout: float = 120) -> MlflowServer:
         env = dict(os.environ)
         env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
         env.pop("MLFLOW_TRACKING_URI", None)
+        env.update(self.extra_env or {})
+        artifact_args = self.artifact_args or (
+            "--artifacts-destination",
+            self.artifacts_destination,
+        )
         self._log = open(os.path.join(self.root, "server.log"), "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
             [
@@ -123,8 +186,7 @@ class MlflowServer:
                 str(self.port),
                 "--backend-store-uri",
                 self.backend_store_uri,
-                "--artifacts-destination",
-                os.path.join(self.root, "artifacts"),
+                *artifact_args,
                 "--workers",
                 "1",
             ],

@@ -186,6 +186,7 @@ KILL_POINTS = (
     "before_register",
     "before_alias",
     "during_registry_retention",
+    "during_reclaim",
 )
 """Where ``--kill POINT:STEP`` can stop the process, in the order an export meets them.
 
@@ -205,6 +206,9 @@ KILL_POINTS = (
   step >= STEP.
 - ``during_registry_retention``: the first model version deleted while the best kept
   export has step >= STEP is gone, the other deletions have not happened.
+
+- ``during_reclaim``: the artifacts of the first LoggedModel retired while the best kept
+  export has step >= STEP are deleted from the artifact store, the model itself is not.
 
 The MLflow points fire on the background sync thread; SIGKILL ends the whole process.
 """
@@ -299,7 +303,13 @@ REMOTE_KILL_POINTS = ("during_remote_copy",)
   metadata and one more file are copied to the store, ``saved_model.pb`` not yet.
 """
 
-MLFLOW_POINTS = ("during_upload", "before_register", "before_alias", "during_registry_retention")
+MLFLOW_POINTS = (
+    "during_upload",
+    "before_register",
+    "before_alias",
+    "during_registry_retention",
+    "during_reclaim",
+)
 
 
 def _install_mlflow_kill(point: str, at_step: int) -> None:
@@ -378,6 +388,22 @@ def _install_mlflow_kill(point: str, at_step: int) -> None:
 
         mirror.Mirror.sync = sync
         registry.Registry.delete_version = delete_version
+
+    if point == "during_reclaim":
+        original_sync = mirror.Mirror.sync
+        original_reclaim = registry.reclaim_storage
+
+        def sync(self, snapshot, progress=None):
+            state["best"] = snapshot.kept[0].step if snapshot.kept else None
+            return original_sync(self, snapshot, progress)
+
+        def reclaim_then_die(client, artifact_location, model_id):
+            original_reclaim(client, artifact_location, model_id)
+            if state["best"] is not None and state["best"] >= at_step:
+                _kill_self()  # the artifacts are gone, the LoggedModel is still live
+
+        mirror.Mirror.sync = sync
+        registry.reclaim_storage = reclaim_then_die
 
 
 def main(argv: list[str] | None = None) -> None:

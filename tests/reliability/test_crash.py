@@ -14,7 +14,7 @@ import harness
 import pytest
 import tiny
 from mlflow.tracking import MlflowClient
-from mlflow_checks import exporter_runs
+from mlflow_checks import exporter_runs, stored_model_ids
 
 from mlflow_best_export import read_eval_history
 from mlflow_best_export.registry import find_models, find_versions
@@ -98,6 +98,14 @@ def left_during_registry_retention(trial):
     assert {m.export_dir for m in models} - {v.export_dir for v in versions}
 
 
+def left_during_reclaim(trial):
+    client, models, _ = ours(trial)
+    (run,) = exporter_runs(client, trial.model_dir)
+    stored = stored_model_ids(client, run.info.experiment_id)
+    # A live LoggedModel whose artifacts are already gone from the store.
+    assert {m.model_id for m in models} - stored, (models, stored)
+
+
 LEFT_BEHIND = {
     "before_export": left_before_export,
     "in_savedmodel_write": left_in_savedmodel_write,
@@ -107,6 +115,7 @@ LEFT_BEHIND = {
     "before_register": left_before_register,
     "before_alias": left_before_alias,
     "during_registry_retention": left_during_registry_retention,
+    "during_reclaim": left_during_reclaim,
 }
 
 
