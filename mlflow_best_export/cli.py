@@ -1,4 +1,4 @@
-"""The ``mlflow-best-export`` command line: history, sync, promote, gc.
+"""The ``mlflow-best-export`` command line: history, sync, promote, rollback, aliases, gc.
 
 Exit codes: 0 success, 1 the command could not do what was asked (the reason
 is printed as one line on stderr), 2 bad usage.
@@ -338,6 +338,59 @@ def promote(name, from_alias, to_alias, requirements, dry_run, tracking_uri) -> 
         dry_run=dry_run,
     )
     click.echo(result.summary())
+
+
+@main.command()
+@click.argument("name")
+@click.option("--alias", default="champion", show_default=True, help="Alias to move back.")
+@click.option("--dry-run", is_flag=True, help="Say what would happen; change nothing.")
+@click.option("--tracking-uri", default=None, help=_TRACKING_URI_HELP)
+@_one_line_errors
+def rollback(name, alias, dry_run, tracking_uri) -> None:
+    """Move ALIAS of NAME back to the version that held it before its last promotion.
+
+    The requirements recorded with that promotion are checked again; refuses
+    (exit 1) when there is nothing to roll back or they fail.
+    """
+    from mlflow.tracking import MlflowClient
+
+    from mlflow_best_export import promotion
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    _registered_model(client, name)
+    click.echo(promotion.rollback(client, name, alias=alias, dry_run=dry_run).summary())
+
+
+@main.command()
+@click.argument("name")
+@click.option("--alias", default=None, help="Only this alias [default: every alias].")
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+@click.option("--tracking-uri", default=None, help=_TRACKING_URI_HELP)
+@_one_line_errors
+def aliases(name, alias, fmt, tracking_uri) -> None:
+    """Print the recorded alias moves of NAME (promotions and rollbacks), oldest first."""
+    from dataclasses import asdict
+
+    from mlflow.tracking import MlflowClient
+
+    from mlflow_best_export import promotion
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    model = _registered_model(client, name)
+    moves = promotion.alias_history(client, name, alias)
+    if fmt == "json":
+        click.echo(json.dumps([asdict(m) for m in moves], indent=2))
+        return
+    current = {a: str(v) for a, v in (model.aliases or {}).items()}
+    shown = {alias: current[alias]} if alias in current else ({} if alias else current)
+    for name_, version in sorted(shown.items()):
+        click.echo(f"@{name_} is on version {version}")
+    if not moves:
+        click.echo("no recorded moves.")
+    for move in moves:
+        click.echo(move.summary())
 
 
 def _registered_model(client, name):

@@ -239,6 +239,9 @@ class Mirror:
         version_of = {
             v.export_dir: v.version for v in (versions or ()) if v not in the_plan.delete_versions
         }
+        if versions is not None:
+            # Before registering: each new version links itself on a fresh read.
+            reg.link(models, [v for v in versions if v not in the_plan.delete_versions])
         for export in the_plan.register:
             if normalize_dir(export.path) in gone:
                 continue
@@ -248,9 +251,6 @@ class Mirror:
             done += 1
             if progress:
                 progress("registered", done, total)
-        if versions is not None:
-            live = [v for v in versions if v not in the_plan.delete_versions]
-            reg.link(models, live)
         if the_plan.alias_to is not None and normalize_dir(the_plan.alias_to.path) in version_of:
             reg.set_alias(the_plan.alias_to, version_of)
             report.alias_moved_to = the_plan.alias_to.step

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-import operator
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -487,16 +486,30 @@ class Registry:
         return version
 
     def link(self, models: Iterable[ModelEntry], versions: Iterable[VersionEntry]) -> int:
-        """Link live versions that their LoggedModel does not list yet (stores written
-        before versions were linked); return how many were linked."""
-        by_id = {m.model_id: m for m in models}
-        linked = 0
+        """Make each LoggedModel's ``mlflow.modelVersions`` list exactly its live versions
+        of this registered model (stores written before versions were linked, versions
+        deleted behind the exporter's back); return how many models changed."""
+        name = self.registered_model_name
+        wanted: dict[str, set[tuple[str, str]]] = {}
         for v in versions:
-            model = by_id.get(v.model_id or "")
-            if model is not None and (self.registered_model_name, v.version) not in model.linked:
-                link_version(self.client, model.model_id, self.registered_model_name, v.version)
-                linked += 1
-        return linked
+            if v.model_id:
+                wanted.setdefault(v.model_id, set()).add((name, v.version))
+        changed = 0
+        for model in models:
+            ours = {link for link in model.linked if link[0] == name}
+            should = wanted.get(model.model_id, set())
+            if ours == should:
+                continue
+            others = [link for link in model.linked if link[0] != name]
+            links = others + sorted(should, key=lambda link: int(link[1]))
+            if links:
+                self.client.set_logged_model_tags(
+                    model.model_id, {TAG_MODEL_VERSIONS: _links_value(links)}
+                )
+            else:
+                self.client.delete_logged_model_tag(model.model_id, TAG_MODEL_VERSIONS)
+            changed += 1
+        return changed
 
     def set_alias(self, export: Export, versions: Mapping[str, str]) -> None:
         """Point the alias at the version of ``export``."""
@@ -699,129 +712,10 @@ def reclaim_leftover(client: MlflowClient, leftover: Leftover) -> None:
     get_artifact_repository(leftover.location, tracking_uri=client.tracking_uri).delete_artifacts()
 
 
-# -- promotion (``mlflow-best-export promote``) ----------------------------------------------
-
-_OPS: dict[str, Callable[[float, float], bool]] = {
-    "<=": operator.le,
-    ">=": operator.ge,
-    "==": operator.eq,
-    "!=": operator.ne,
-    "<": operator.lt,
-    ">": operator.gt,
-}
-_REQUIREMENT = re.compile(r"^\s*([^<>=!\s]+)\s*(<=|>=|==|!=|<|>)\s*(\S+)\s*$")
-
-
-class PromotionRefused(ValueError):
-    """A promotion that was refused: the source alias is missing or a requirement fails."""
-
-
-@dataclass(frozen=True)
-class Requirement:
-    """A metric requirement such as ``loss<0.3``, checked against a version's metric tags."""
-
-    metric: str
-    op: str
-    value: float
-
-    @classmethod
-    def parse(cls, text: str) -> Requirement:
-        """Parse ``METRIC OP NUMBER`` (OP one of < <= > >= == !=).
-
-        Raises:
-          ValueError: for anything else.
-        """
-        match = _REQUIREMENT.match(text)
-        if not match:
-            raise ValueError(
-                f"{text!r} is not METRIC OP NUMBER, e.g. 'loss<0.3' (OP: < <= > >= == !=)."
-            )
-        try:
-            value = float(match.group(3))
-        except ValueError:
-            raise ValueError(f"{match.group(3)!r} in {text!r} is not a number.") from None
-        return cls(match.group(1), match.group(2), value)
-
-    def check(self, tags: Mapping[str, str]) -> str | None:
-        """None when met, else the reason it is not (a NaN never meets a requirement)."""
-        raw = tags.get(TAG_METRIC_PREFIX + self.metric)
-        if raw is None:
-            have = sorted(
-                k[len(TAG_METRIC_PREFIX) :] for k in tags if k.startswith(TAG_METRIC_PREFIX)
-            )
-            return f"it has no metric {self.metric!r} (it has {have})"
-        value = float(raw)
-        if not _OPS[self.op](value, self.value):
-            return f"{self.metric}={value:.6g} fails {self.metric}{self.op}{self.value:g}"
-        return None
-
-    def __str__(self) -> str:
-        return f"{self.metric}{self.op}{self.value:g}"
-
-
-@dataclass(frozen=True)
-class Promotion:
-    """What :func:`promote` did (or, in a dry run, would do)."""
-
-    name: str
-    to_alias: str
-    from_alias: str
-    version: str
-    previous: str | None
-    moved: bool
-    dry_run: bool
-
-    def summary(self) -> str:
-        """One line for logs and the command line."""
-        if not self.moved:
-            return f"{self.name}@{self.to_alias} is already version {self.version}."
-        verb = "would move" if self.dry_run else "moved"
-        return (
-            f"{verb} {self.name}@{self.to_alias} from version {self.previous or '-'} to "
-            f"{self.version} ({self.from_alias})."
-        )
-
-
-def promote(
-    client: MlflowClient,
-    name: str,
-    *,
-    from_alias: str = "best",
-    to_alias: str = "champion",
-    requirements: Sequence[Requirement | str] = (),
-    dry_run: bool = False,
-) -> Promotion:
-    """Move ``to_alias`` to the version ``from_alias`` is on, if it meets ``requirements``.
-
-    Requirements are checked against the version's ``metric.<name>`` tags,
-    which the exporter sets from the eval result that earned the export.
-
-    Raises:
-      ValueError: for invalid alias names or requirements.
-      PromotionRefused: when ``from_alias`` is missing or a requirement fails.
-      MlflowException: when the registered model does not exist or MLflow fails.
-    """
-    validate_alias(from_alias, "from_alias")
-    validate_alias(to_alias, "to_alias")
-    parsed = [r if isinstance(r, Requirement) else Requirement.parse(r) for r in requirements]
-    model = client.get_registered_model(name)
-    aliases = {a: str(v) for a, v in (model.aliases or {}).items()}
-    if from_alias not in aliases:
-        raise PromotionRefused(
-            f"Registered model {name!r} has no alias {from_alias!r} "
-            f"(aliases: {sorted(aliases) or 'none'})."
-        )
-    version = client.get_model_version(name, aliases[from_alias])
-    failures = [reason for r in parsed if (reason := r.check(version.tags or {}))]
-    if failures:
-        raise PromotionRefused(
-            f"Not promoting {name} version {version.version} ({from_alias}): "
-            + "; ".join(failures)
-            + "."
-        )
-    previous = aliases.get(to_alias)
-    moved = previous != str(version.version)
-    if moved and not dry_run:
-        client.set_registered_model_alias(name, to_alias, version.version)
-        logger.info("Moved %s@%s to version %s.", name, to_alias, version.version)
-    return Promotion(name, to_alias, from_alias, str(version.version), previous, moved, dry_run)
+# Promotion lives in ``promotion``; these names stay importable from here.
+from mlflow_best_export.promotion import (  # noqa: E402, F401 - re-exported
+    Promotion,
+    PromotionRefused,
+    Requirement,
+    promote,
+)

@@ -76,7 +76,9 @@ def cli_process(*args: str, code: int = 0):
 # -- help ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", [[], ["history"], ["sync"], ["promote"], ["gc"]])
+@pytest.mark.parametrize(
+    "command", [[], ["history"], ["sync"], ["promote"], ["rollback"], ["aliases"], ["gc"]]
+)
 def test_every_command_has_help(command):
     assert "Usage:" in cli(*command, "--help").output
 
@@ -186,6 +188,69 @@ def test_promote_moves_the_alias_when_requirements_hold(store):
     )
     assert client.get_model_version_by_alias("tiny", "champion").version == best.version
     assert "already version" in cli("promote", "tiny", "--tracking-uri", store).output
+
+
+def _versions_by_loss(client):
+    """The live versions of 'tiny', best (smallest loss) first, read from MLflow itself."""
+    versions = client.search_model_versions("name='tiny'")
+    return sorted(versions, key=lambda v: float(v.tags["metric.loss"]))
+
+
+@pytest.mark.slow
+def test_promotions_are_audited_and_rolled_back_step_by_step(store, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+    client = MlflowClient(store)
+    best, middle, worst = _versions_by_loss(client)
+    assert client.get_model_version_by_alias("tiny", "best").version == best.version
+    # First promotion: champion did not exist.
+    cli("promote", "tiny", "--require", "loss<100", "--tracking-uri", store)
+    # The exporter (or anyone) moves best; the next promotion follows it.
+    client.set_registered_model_alias("tiny", "best", middle.version)
+    cli("promote", "tiny", "--require", "loss<100", "--tracking-uri", store)
+    assert client.get_model_version_by_alias("tiny", "champion").version == middle.version
+
+    moves = json.loads(cli("aliases", "tiny", "--format", "json", "--tracking-uri", store).output)
+    assert [(m["from_version"], m["to_version"], m["action"]) for m in moves] == [
+        (None, str(best.version), "promote"),
+        (str(best.version), str(middle.version), "promote"),
+    ]
+    assert all(m["user"] == "alice" and m["requirements"] == ["loss<100"] for m in moves)
+    assert all(m["alias"] == "champion" and m["source_alias"] == "best" for m in moves)
+    table = cli("aliases", "tiny", "--tracking-uri", store).output
+    assert f"@champion is on version {middle.version}" in table and "by alice" in table
+
+    dry = cli("rollback", "tiny", "--dry-run", "--tracking-uri", store).output
+    assert f"would move tiny@champion back from version {middle.version} to {best.version}" in dry
+    assert client.get_model_version_by_alias("tiny", "champion").version == middle.version
+    cli("rollback", "tiny", "--alias", "champion", "--tracking-uri", store)
+    assert client.get_model_version_by_alias("tiny", "champion").version == best.version
+    # The first promotion had nothing before it: a second rollback is refused.
+    result = cli("rollback", "tiny", "--tracking-uri", store, code=1)
+    assert "had no version before" in result.output
+    assert client.get_model_version_by_alias("tiny", "champion").version == best.version
+    moves = json.loads(cli("aliases", "tiny", "--format", "json", "--tracking-uri", store).output)
+    assert [(m["action"], m["undoes"]) for m in moves][-1] == ("rollback", 1)
+
+
+@pytest.mark.slow
+def test_rollback_checks_the_requirements_of_the_promotion_it_undoes(store):
+    from mlflow_best_export import promotion
+
+    client = MlflowClient(store)
+    best, middle, worst = _versions_by_loss(client)
+    threshold = (float(best.tags["metric.loss"]) + float(middle.tags["metric.loss"])) / 2
+    client.set_registered_model_alias("tiny", "champion", middle.version)  # set by hand
+    client.set_registered_model_alias("tiny", "best", middle.version)
+    promotion.promote(client, "tiny", requirements=["loss<1000"])  # already there: no move
+    client.set_registered_model_alias("tiny", "best", best.version)
+    promotion.promote(client, "tiny", requirements=[f"loss<{threshold}"])
+    assert client.get_model_version_by_alias("tiny", "champion").version == best.version
+    # Back to middle would fail the requirement recorded with that promotion.
+    with pytest.raises(promotion.PromotionRefused, match=f"fails loss<{threshold:g}"):
+        promotion.rollback(client, "tiny", alias="champion")
+    assert client.get_model_version_by_alias("tiny", "champion").version == best.version
+    result = cli("rollback", "tiny", "--alias", "staging", "--tracking-uri", store, code=1)
+    assert "has no alias 'staging'" in result.output
 
 
 @pytest.mark.slow

@@ -1,0 +1,361 @@
+"""Promotion: move an alias by metric requirements, with an audit trail and rollback.
+
+The exporter keeps ``best`` on the best export; a promotion script moves a
+second alias (``champion``) to that version only when it meets requirements on
+the metrics recorded with it. Every move is recorded on the registered model,
+in the tag ``mlflow_best_export.alias_history.<alias>`` (a JSON list: from
+which version to which, the requirements, when, who, and why), so that
+``rollback`` can move the alias back to the version that held it before,
+checking the same requirements, and ``alias_history`` can show what happened.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import operator
+import os
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+from mlflow.tracking import MlflowClient
+
+from mlflow_best_export.registry import TAG_METRIC_PREFIX, validate_alias
+from mlflow_best_export.tracking import TAG_PREFIX
+
+logger = logging.getLogger(__name__)
+
+#: The registered-model tag holding one alias's moves, oldest first.
+HISTORY_TAG_PREFIX = TAG_PREFIX + "alias_history."
+#: Moves kept per alias (the oldest are dropped beyond this).
+HISTORY_LIMIT = 200
+
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    "<=": operator.le,
+    ">=": operator.ge,
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    ">": operator.gt,
+}
+_REQUIREMENT = re.compile(r"^\s*([^<>=!\s]+)\s*(<=|>=|==|!=|<|>)\s*(\S+)\s*$")
+
+
+class PromotionRefused(ValueError):
+    """A promotion that was refused: the source alias is missing or a requirement fails."""
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """A metric requirement such as ``loss<0.3``, checked against a version's metric tags."""
+
+    metric: str
+    op: str
+    value: float
+
+    @classmethod
+    def parse(cls, text: str) -> Requirement:
+        """Parse ``METRIC OP NUMBER`` (OP one of < <= > >= == !=).
+
+        Raises:
+          ValueError: for anything else.
+        """
+        match = _REQUIREMENT.match(text)
+        if not match:
+            raise ValueError(
+                f"{text!r} is not METRIC OP NUMBER, e.g. 'loss<0.3' (OP: < <= > >= == !=)."
+            )
+        try:
+            value = float(match.group(3))
+        except ValueError:
+            raise ValueError(f"{match.group(3)!r} in {text!r} is not a number.") from None
+        return cls(match.group(1), match.group(2), value)
+
+    def check(self, tags: Mapping[str, str]) -> str | None:
+        """None when met, else the reason it is not (a NaN never meets a requirement)."""
+        raw = tags.get(TAG_METRIC_PREFIX + self.metric)
+        if raw is None:
+            have = sorted(
+                k[len(TAG_METRIC_PREFIX) :] for k in tags if k.startswith(TAG_METRIC_PREFIX)
+            )
+            return f"it has no metric {self.metric!r} (it has {have})"
+        value = float(raw)
+        if not _OPS[self.op](value, self.value):
+            return f"{self.metric}={value:.6g} fails {self.metric}{self.op}{self.value:g}"
+        return None
+
+    def __str__(self) -> str:
+        return f"{self.metric}{self.op}{self.value:g}"
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """What :func:`promote` did (or, in a dry run, would do)."""
+
+    name: str
+    to_alias: str
+    from_alias: str
+    version: str
+    previous: str | None
+    moved: bool
+    dry_run: bool
+
+    def summary(self) -> str:
+        """One line for logs and the command line."""
+        if not self.moved:
+            return f"{self.name}@{self.to_alias} is already version {self.version}."
+        verb = "would move" if self.dry_run else "moved"
+        return (
+            f"{verb} {self.name}@{self.to_alias} from version {self.previous or '-'} to "
+            f"{self.version} ({self.from_alias})."
+        )
+
+
+def promote(
+    client: MlflowClient,
+    name: str,
+    *,
+    from_alias: str = "best",
+    to_alias: str = "champion",
+    requirements: Sequence[Requirement | str] = (),
+    dry_run: bool = False,
+) -> Promotion:
+    """Move ``to_alias`` to the version ``from_alias`` is on, if it meets ``requirements``.
+
+    Requirements are checked against the version's ``metric.<name>`` tags,
+    which the exporter sets from the eval result that earned the export.
+
+    Raises:
+      ValueError: for invalid alias names or requirements.
+      PromotionRefused: when ``from_alias`` is missing or a requirement fails.
+      MlflowException: when the registered model does not exist or MLflow fails.
+    """
+    validate_alias(from_alias, "from_alias")
+    validate_alias(to_alias, "to_alias")
+    parsed = [r if isinstance(r, Requirement) else Requirement.parse(r) for r in requirements]
+    model = client.get_registered_model(name)
+    aliases = {a: str(v) for a, v in (model.aliases or {}).items()}
+    if from_alias not in aliases:
+        raise PromotionRefused(
+            f"Registered model {name!r} has no alias {from_alias!r} "
+            f"(aliases: {sorted(aliases) or 'none'})."
+        )
+    version = client.get_model_version(name, aliases[from_alias])
+    failures = [reason for r in parsed if (reason := r.check(version.tags or {}))]
+    if failures:
+        raise PromotionRefused(
+            f"Not promoting {name} version {version.version} ({from_alias}): "
+            + "; ".join(failures)
+            + "."
+        )
+    previous = aliases.get(to_alias)
+    moved = previous != str(version.version)
+    if moved and not dry_run:
+        client.set_registered_model_alias(name, to_alias, version.version)
+        _record(
+            client,
+            name,
+            AliasMove(
+                alias=to_alias,
+                from_version=previous,
+                to_version=str(version.version),
+                action="promote",
+                source_alias=from_alias,
+                requirements=tuple(str(r) for r in parsed),
+                time=time.time(),
+                user=_user(),
+            ),
+        )
+        logger.info("Moved %s@%s to version %s.", name, to_alias, version.version)
+    return Promotion(name, to_alias, from_alias, str(version.version), previous, moved, dry_run)
+
+
+@dataclass(frozen=True)
+class AliasMove:
+    """One recorded move of an alias.
+
+    Attributes:
+      alias: the alias that moved.
+      from_version: the version it was on before (None: it was not set).
+      to_version: the version it was moved to.
+      action: ``"promote"`` or ``"rollback"``.
+      source_alias: for a promotion, the alias it promoted from (``best``).
+      requirements: the requirements checked, as text (``loss<0.3``).
+      time: seconds since the epoch.
+      user: who moved it (``MLFLOW_TRACKING_USERNAME``, else the login name).
+      undoes: for a rollback, the index of the promotion it undid.
+    """
+
+    alias: str
+    from_version: str | None
+    to_version: str
+    action: str
+    source_alias: str | None = None
+    requirements: tuple[str, ...] = ()
+    time: float = 0.0
+    user: str = ""
+    undoes: int | None = None
+
+    def summary(self) -> str:
+        """One line for the command line."""
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.time))
+        what = f"{self.from_version or '-'} -> {self.to_version}"
+        via = f" from @{self.source_alias}" if self.source_alias else ""
+        needs = f" requiring {', '.join(self.requirements)}" if self.requirements else ""
+        return f"{when}  {self.action:8s} @{self.alias} {what}{via}{needs}  by {self.user}"
+
+
+def _user() -> str:
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if user:
+        return user
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _history_tag(alias: str) -> str:
+    return HISTORY_TAG_PREFIX + alias
+
+
+def alias_history(client: MlflowClient, name: str, alias: str | None = None) -> list[AliasMove]:
+    """The recorded moves of one alias of ``name`` (or of every alias), oldest first.
+
+    Raises:
+      MlflowException: when the registered model does not exist.
+    """
+    tags = client.get_registered_model(name).tags or {}
+    moves: list[AliasMove] = []
+    for key, value in tags.items():
+        if not key.startswith(HISTORY_TAG_PREFIX):
+            continue
+        if alias is not None and key != _history_tag(alias):
+            continue
+        moves.extend(_parse_moves(value))
+    return sorted(moves, key=lambda m: m.time)
+
+
+def _parse_moves(value: str) -> list[AliasMove]:
+    try:
+        entries = json.loads(value)
+    except ValueError:
+        return []
+    moves = []
+    for entry in entries if isinstance(entries, list) else []:
+        try:
+            entry = dict(entry)
+            entry["requirements"] = tuple(entry.get("requirements") or ())
+            moves.append(AliasMove(**entry))
+        except (TypeError, ValueError):
+            continue
+    return moves
+
+
+def _record(client: MlflowClient, name: str, move: AliasMove) -> None:
+    moves = alias_history(client, name, move.alias) + [move]
+    entries = [asdict(m) for m in moves[-HISTORY_LIMIT:]]
+    client.set_registered_model_tag(name, _history_tag(move.alias), json.dumps(entries))
+
+
+@dataclass(frozen=True)
+class Rollback:
+    """What :func:`rollback` did (or, in a dry run, would do)."""
+
+    name: str
+    alias: str
+    from_version: str
+    to_version: str
+    requirements: tuple[str, ...]
+    dry_run: bool
+
+    def summary(self) -> str:
+        """One line for logs and the command line."""
+        verb = "would move" if self.dry_run else "moved"
+        checked = f" ({', '.join(self.requirements)} met)" if self.requirements else ""
+        return (
+            f"{verb} {self.name}@{self.alias} back from version {self.from_version} to "
+            f"{self.to_version}{checked}."
+        )
+
+
+def rollback(
+    client: MlflowClient, name: str, *, alias: str = "champion", dry_run: bool = False
+) -> Rollback:
+    """Move ``alias`` back to the version that held it before the last promotion to it.
+
+    The promotion undone is the newest one not yet rolled back that put the
+    alias on its current version; successive rollbacks walk further back.
+    The requirements recorded with that promotion are checked against the
+    version the alias goes back to.
+
+    Raises:
+      ValueError: for an invalid alias name.
+      PromotionRefused: when the alias is not set, no recorded promotion put it
+        where it is, the promotion had no earlier version, or the earlier
+        version no longer exists or fails the requirements.
+      MlflowException: when the registered model does not exist or MLflow fails.
+    """
+    from mlflow.exceptions import MlflowException
+
+    validate_alias(alias, "alias")
+    model = client.get_registered_model(name)
+    current = (model.aliases or {}).get(alias)
+    if current is None:
+        raise PromotionRefused(f"Registered model {name!r} has no alias {alias!r} to roll back.")
+    current = str(current)
+    moves = alias_history(client, name, alias)
+    undone = {m.undoes for m in moves if m.action == "rollback"}
+    candidates = [
+        i
+        for i, m in enumerate(moves)
+        if m.action == "promote" and i not in undone and m.to_version == current
+    ]
+    if not candidates:
+        raise PromotionRefused(
+            f"No recorded promotion put {name}@{alias} on version {current}: nothing to roll "
+            f"back (see `mlflow-best-export aliases {name}`)."
+        )
+    index = candidates[-1]
+    promotion = moves[index]
+    if promotion.from_version is None:
+        raise PromotionRefused(
+            f"{name}@{alias} had no version before version {current} was promoted; nothing to "
+            f"roll back to."
+        )
+    try:
+        target = client.get_model_version(name, promotion.from_version)
+    except MlflowException as err:
+        raise PromotionRefused(
+            f"Cannot roll {name}@{alias} back to version {promotion.from_version}: it no longer "
+            f"exists ({err.message.splitlines()[0] if err.message else err})."
+        ) from None
+    parsed = [Requirement.parse(r) for r in promotion.requirements]
+    failures = [reason for r in parsed if (reason := r.check(target.tags or {}))]
+    if failures:
+        raise PromotionRefused(
+            f"Not rolling {name}@{alias} back to version {target.version}: "
+            + "; ".join(failures)
+            + "."
+        )
+    if not dry_run:
+        client.set_registered_model_alias(name, alias, target.version)
+        _record(
+            client,
+            name,
+            AliasMove(
+                alias=alias,
+                from_version=current,
+                to_version=str(target.version),
+                action="rollback",
+                requirements=promotion.requirements,
+                time=time.time(),
+                user=_user(),
+                undoes=index,
+            ),
+        )
+        logger.info("Rolled %s@%s back to version %s.", name, alias, target.version)
+    return Rollback(name, alias, current, str(target.version), promotion.requirements, dry_run)
