@@ -420,6 +420,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--exit-process", action="store_true", help="end with fs.exit_process(0) (S3's abort)"
     )
+    parser.add_argument(
+        "--flush-each",
+        action="store_true",
+        help="wait for MLflow after every export (one sync per eval, as with evals minutes apart)",
+    )
     args = parser.parse_args(argv)
     if args.log_level:
         import logging
@@ -445,6 +450,15 @@ def main(argv: list[str] | None = None) -> None:
         exports_to_keep=keep,
         **json.loads(args.exporter_kwargs),
     )
+    if args.flush_each:
+        export = exporter.export
+
+        def export_then_flush(*export_args, **export_kwargs):
+            result = export(*export_args, **export_kwargs)
+            exporter.flush()
+            return result
+
+        exporter.export = export_then_flush
     losses = [float(v) for v in args.losses.split(",")]
     train(args.model_dir, exporter, losses, every=args.every, max_steps=args.max_steps)
     if hasattr(exporter, "close"):
