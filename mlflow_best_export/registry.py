@@ -12,6 +12,7 @@ Deciding (:func:`plan`) is pure and separate from doing (:func:`apply`).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -29,7 +30,10 @@ from mlflow_best_export.tracking import TAG_EXPORTER, TAG_KEY, TAG_PREFIX, norma
 
 logger = logging.getLogger(__name__)
 
-TAG_EXPORT_DIR = TAG_PREFIX + "export_dir"
+#: Our bookkeeping on LoggedModels and versions, one JSON object: exporter, export_dir,
+#: compare_key, compare_mode. (Stores of the first release have them as separate tags.)
+TAG_INFO = TAG_PREFIX.rstrip(".")
+TAG_EXPORT_DIR = TAG_PREFIX + "export_dir"  # the first release's tag, still read
 TAG_STEP = "global_step"
 TAG_METRIC_PREFIX = "metric."
 TAG_CHECKPOINT = "checkpoint_path"
@@ -131,12 +135,30 @@ def find_models(client: MlflowClient, experiment_id: str, key: str) -> list[Mode
     return [_model_entry(model) for model in pages]
 
 
+def info_of(tags: Mapping[str, str] | None) -> dict[str, str]:
+    """Our bookkeeping of a LoggedModel or version: ``TAG_INFO``, else the old separate tags."""
+    tags = tags or {}
+    try:
+        info = json.loads(tags[TAG_INFO])
+        if isinstance(info, dict):
+            return {str(k): str(v) for k, v in info.items()}
+    except (KeyError, ValueError):
+        pass
+    old = {
+        "exporter": TAG_EXPORTER,
+        "export_dir": TAG_EXPORT_DIR,
+        "compare_key": TAG_PREFIX + "compare_key",
+        "compare_mode": TAG_PREFIX + "compare_mode",
+    }
+    return {name: tags[tag] for name, tag in old.items() if tag in tags}
+
+
 def _model_entry(model: LoggedModel) -> ModelEntry:
     from mlflow.entities import LoggedModelStatus
 
     return ModelEntry(
         model_id=model.model_id,
-        export_dir=model.tags.get(TAG_EXPORT_DIR, ""),
+        export_dir=info_of(model.tags).get("export_dir", ""),
         ready=model.status == LoggedModelStatus.READY,
         artifact_location=model.artifact_location,
         linked=tuple(_links(model.tags.get(TAG_MODEL_VERSIONS))),
@@ -144,8 +166,6 @@ def _model_entry(model: LoggedModel) -> ModelEntry:
 
 
 def _links(raw: str | None) -> list[tuple[str, str]]:
-    import json
-
     try:
         entries = json.loads(raw) if raw else []
     except ValueError:
@@ -170,8 +190,6 @@ def link_version(client: MlflowClient, model_id: str, name: str, version: str) -
 
 
 def _links_value(links: Iterable[tuple[str, str]]) -> str:
-    import json
-
     # Versions as numbers, as MLflow's own stores write them.
     return json.dumps([{"name": n, "version": int(v) if v.isdigit() else v} for n, v in links])
 
@@ -251,7 +269,7 @@ def _quote(value: str) -> str:
 def _version_entry(mv: ModelVersion) -> VersionEntry:
     return VersionEntry(
         version=str(mv.version),
-        export_dir=(mv.tags or {}).get(TAG_EXPORT_DIR, ""),
+        export_dir=info_of(mv.tags).get("export_dir", ""),
         # Not every store fills ModelVersion.model_id (SQLite does not); the tag always is.
         model_id=getattr(mv, "model_id", None) or (mv.tags or {}).get(TAG_MODEL_ID),
         aliases=tuple(getattr(mv, "aliases", None) or ()),
@@ -351,18 +369,23 @@ def plan(
 
 
 def model_tags(export: Export, key: str, exporter_name: str) -> dict[str, str]:
-    """Tags of a LoggedModel or model version for one export."""
+    """Tags of a LoggedModel or model version for one export.
+
+    What users filter and read stands alone (``global_step``,
+    ``checkpoint_path``, ``metric.<name>``); the key (searched by) stands
+    alone too, and the rest of the bookkeeping is one JSON tag, ``TAG_INFO``.
+    """
+    info = {"exporter": exporter_name, "export_dir": normalize_dir(export.path)}
+    for name in ("compare_key", "compare_mode"):
+        if export.metadata.get(name):
+            info[name] = str(export.metadata[name])
     tags = {
         TAG_KEY: key,
-        TAG_EXPORTER: exporter_name,
-        TAG_EXPORT_DIR: normalize_dir(export.path),
+        TAG_INFO: json.dumps(info, sort_keys=True),
         TAG_STEP: str(export.step),
     }
     if export.checkpoint_path:
         tags[TAG_CHECKPOINT] = export.checkpoint_path
-    for name in ("compare_key", "compare_mode"):
-        if export.metadata.get(name):
-            tags[TAG_PREFIX + name] = str(export.metadata[name])
     for name, value in sorted((export.metrics or {}).items()):
         tags[TAG_METRIC_PREFIX + name] = _format(value)
     return tags
@@ -566,8 +589,9 @@ def gc_plan(client: MlflowClient, name: str, keep: int) -> GcPlan:
     groups: dict[str, list[tuple[VersionEntry, dict[str, str], float, int]]] = {}
     for entry, tags in all_versions(client, name):
         key = tags.get(TAG_KEY)
-        metric = tags.get(TAG_PREFIX + "compare_key")
-        mode = tags.get(TAG_PREFIX + "compare_mode")
+        info = info_of(tags)
+        metric = info.get("compare_key")
+        mode = info.get("compare_mode")
         raw = tags.get(TAG_METRIC_PREFIX + metric) if metric else None
         if not key or mode not in ("min", "max") or raw is None:
             continue
@@ -576,6 +600,7 @@ def gc_plan(client: MlflowClient, name: str, keep: int) -> GcPlan:
             value = math.inf
         elif mode == "max":
             value = -value
+        tags = {**tags, **{f"{TAG_PREFIX}{k}": v for k, v in info.items()}}
         groups.setdefault(key, []).append((entry, tags, value, int(tags.get(TAG_STEP, 0))))
     delete: list[tuple[VersionEntry, str]] = []
     protected: list[VersionEntry] = []
