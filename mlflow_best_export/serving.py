@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -49,8 +50,9 @@ logger = logging.getLogger(__name__)
 FLAVOR_NAME = "mlflow_best_export"
 """The MLmodel flavor entry written next to ``python_function``."""
 
-SAVED_MODEL_SUBPATH = "saved_model"
-"""Where the SavedModel is copied inside the MLflow model directory."""
+SAVED_MODEL_SUBPATH = "data/saved_model"
+"""Where the SavedModel is copied inside the MLflow model directory (``pyfunc.save_model``
+puts its data path under ``data/``; models of the first release have ``saved_model/``)."""
 
 MODEL_TYPE = "tensorflow-estimator"
 """The ``model_type`` of the LoggedModels :func:`log_model` creates."""
@@ -497,41 +499,19 @@ def save_model(
       mlflow.exceptions.MlflowException: if ``path`` exists and is not empty.
     """
     import tensorflow as tf
-    import yaml
     from mlflow import pyfunc
     from mlflow.models import Model
-    from mlflow.models.model import MLMODEL_FILE_NAME
-    from mlflow.utils.environment import (
-        _CONDA_ENV_FILE_NAME,
-        _CONSTRAINTS_FILE_NAME,
-        _PYTHON_ENV_FILE_NAME,
-        _REQUIREMENTS_FILE_NAME,
-        _process_pip_requirements,
-        _PythonEnv,
-        _validate_env_arguments,
-    )
-    from mlflow.utils.file_utils import get_total_file_size
-    from mlflow.utils.model_utils import _validate_and_prepare_target_save_path
 
     export_dir = os.fspath(export_dir)
-    _validate_env_arguments(None, pip_requirements, extra_pip_requirements)
+    if pip_requirements is not None and extra_pip_requirements is not None:
+        raise ValueError(
+            "Pass either `pip_requirements` or `extra_pip_requirements`, not both "
+            "(pip_requirements replaces the defaults, extra_pip_requirements adds to them)."
+        )
     signature = signature_of(export_dir, signature_key)
     path = os.path.abspath(os.fspath(path))
-    _validate_and_prepare_target_save_path(path)
-    fs.copy_tree_to_local(export_dir, os.path.join(path, SAVED_MODEL_SUBPATH))
-
     if mlflow_model is None:
         mlflow_model = Model()
-    mlflow_model.signature = signature.to_model_signature()
-    if metadata is not None:
-        mlflow_model.metadata = metadata
-    pyfunc.add_to_model(
-        mlflow_model,
-        loader_module=__name__,
-        data=SAVED_MODEL_SUBPATH,
-        conda_env=_CONDA_ENV_FILE_NAME,
-        python_env=_PYTHON_ENV_FILE_NAME,
-    )
     mlflow_model.add_flavor(
         FLAVOR_NAME,
         saved_model_dir=SAVED_MODEL_SUBPATH,
@@ -539,26 +519,42 @@ def save_model(
         package_version=__version__,
         **signature.to_dict(),
     )
-    if size := get_total_file_size(path):
-        mlflow_model.model_size_bytes = size
-    mlflow_model.save(os.path.join(path, MLMODEL_FILE_NAME))
+    # Explicit requirements: without them MLflow would load the model to infer them.
+    requirements = _requirement_list(pip_requirements)
+    if requirements is None:
+        requirements = get_default_pip_requirements() + (
+            _requirement_list(extra_pip_requirements) or []
+        )
+    with tempfile.TemporaryDirectory(prefix="mlflow_best_export-") as tmp:
+        # MLflow copies data_path to data/<its name>: the name must be "saved_model". A local
+        # export is linked under that name (copied once, by MLflow); a remote one is fetched.
+        staged = os.path.join(tmp, os.path.basename(SAVED_MODEL_SUBPATH))
+        if fs.is_url(export_dir):
+            fs.copy_tree_to_local(export_dir, staged)
+        else:
+            os.symlink(os.path.abspath(export_dir), staged, target_is_directory=True)
+        with warnings.catch_warnings():
+            # The signature comes from the SavedModel itself; an example adds nothing.
+            warnings.filterwarnings("ignore", message=".*input example was not provided")
+            pyfunc.save_model(
+                path,
+                loader_module=__name__,
+                data_path=staged,
+                mlflow_model=mlflow_model,
+                signature=signature.to_model_signature(),
+                pip_requirements=requirements,
+                metadata=metadata,
+            )
 
-    default = get_default_pip_requirements() if pip_requirements is None else None
-    conda_env, requirements, constraints = _process_pip_requirements(
-        default,
-        list(pip_requirements) if isinstance(pip_requirements, tuple) else pip_requirements,
-        list(extra_pip_requirements)
-        if isinstance(extra_pip_requirements, tuple)
-        else extra_pip_requirements,
-    )
-    with open(os.path.join(path, _CONDA_ENV_FILE_NAME), "w") as f:
-        yaml.safe_dump(conda_env, stream=f, default_flow_style=False)
-    if constraints:
-        with open(os.path.join(path, _CONSTRAINTS_FILE_NAME), "w") as f:
-            f.write("\n".join(constraints))
-    with open(os.path.join(path, _REQUIREMENTS_FILE_NAME), "w") as f:
-        f.write("\n".join(requirements))
-    _PythonEnv.current().to_yaml(os.path.join(path, _PYTHON_ENV_FILE_NAME))
+
+def _requirement_list(requirements: Sequence[str] | str | None) -> list[str] | None:
+    """Requirements as a list; a string is a requirements file (MLflow's convention)."""
+    if requirements is None:
+        return None
+    if isinstance(requirements, str):
+        with open(requirements, encoding="utf-8") as f:
+            return [line.strip() for line in f if line.strip() and not line.startswith("#")]
+    return list(requirements)
 
 
 # -- LoggedModels ----------------------------------------------------------------------------
