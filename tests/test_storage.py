@@ -49,16 +49,22 @@ def test_local_sqlite_store_holds_only_the_kept_models(tmp_path):
     assert len(os.listdir(os.path.join(root, "models"))) == 2
 
 
-def test_proxied_artifacts_of_a_real_server_hold_only_the_kept_models(tmp_path):
+def test_proxied_artifacts_hold_only_the_kept_models_also_after_a_kill_in_reclamation(tmp_path):
     server = MlflowServer(str(tmp_path / "server")).start()
     try:
         model_dir = str(tmp_path / "model")
-        train(model_dir, server.uri)
+        killed = train(model_dir, server.uri, "--kill", "during_reclaim:8", check=False)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-4000:]
+        client = MlflowClient(server.uri)
+        (run,) = exporter_runs(client, model_dir)
+        on_disk = os.path.join(server.artifacts_destination, run.info.experiment_id, "models")
+        # The kill left a live model whose artifacts are already gone.
+        assert live_model_ids(client, run.info.experiment_id) - set(os.listdir(on_disk))
+        train(model_dir, server.uri, "--max-steps", "16")
         found = check_mlflow(
             model_dir,
             server.uri,
             registered_model_name="stored",
-            best_step=14,
             artifacts_destination=server.artifacts_destination,
         )
         experiment_id = found["run"].info.experiment_id
@@ -103,3 +109,63 @@ def test_s3_artifact_root_holds_only_the_kept_models_also_after_a_kill_in_reclam
             assert len(live) == len(kept_dirs(model_dir)) == 2
         finally:
             server.stop()
+
+
+def test_gc_reclaims_what_earlier_releases_left_and_nothing_else(tmp_path):
+    from click.testing import CliRunner
+
+    from mlflow_best_export.cli import main
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    model_dir = str(tmp_path / "model")
+    kwargs = json.dumps({"tracking_uri": uri, "registered_model_name": "stored"})
+    run_tiny(
+        "--model-dir",
+        model_dir,
+        "--losses",
+        "30,20,10",
+        "--exports-to-keep",
+        "3",
+        "--exporter-kwargs",
+        kwargs,
+    )
+    client = MlflowClient(uri)
+    (run,) = exporter_runs(client, model_dir)
+    experiment_id = run.info.experiment_id
+    root = client.get_experiment(experiment_id).artifact_location.removeprefix("file://")
+    models_dir = os.path.join(root, "models")
+    versions = sorted(client.search_model_versions("name='stored'"), key=lambda v: int(v.version))
+    old, backing, kept = versions
+    # (a) what the first release did on retention: version and model deleted, artifacts left.
+    client.delete_model_version("stored", old.version)
+    client.delete_logged_model(old.tags["mlflow_best_export.model_id"])
+    # (b) a deleted model whose version is still live (someone deleted just the model).
+    client.delete_logged_model(backing.tags["mlflow_best_export.model_id"])
+    # (c) another package's deleted model with artifacts of its own.
+    foreign = client.create_logged_model(experiment_id=experiment_id, name="foreign")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "MLmodel").write_text("flavors:\n  python_function: {}\n")
+    client.log_model_artifacts(foreign.model_id, str(other))
+    client.delete_logged_model(foreign.model_id)
+    before = set(os.listdir(models_dir))
+    leftover = old.tags["mlflow_best_export.model_id"]
+    size = sum(
+        os.path.getsize(os.path.join(d, f))
+        for d, _, files in os.walk(os.path.join(models_dir, leftover))
+        for f in files
+    )
+
+    dry = CliRunner().invoke(main, ["gc", "stored", "--dry-run", "--tracking-uri", uri])
+    assert dry.exit_code == 0, dry.output
+    lines = [line for line in dry.output.splitlines() if "reclaim" in line]
+    assert len(lines) == 1 and leftover in lines[0], dry.output
+    assert f"{size / 1024:.1f} KB" in lines[0] or f"{size / 1024 / 1024:.1f} MB" in lines[0]
+    assert set(os.listdir(models_dir)) == before
+
+    done = CliRunner().invoke(main, ["gc", "stored", "--tracking-uri", uri])
+    assert done.exit_code == 0, done.output
+    assert set(os.listdir(models_dir)) == before - {leftover}
+    assert backing.tags["mlflow_best_export.model_id"] in os.listdir(models_dir)
+    assert foreign.model_id in os.listdir(models_dir)
+    assert kept.tags["mlflow_best_export.model_id"] in os.listdir(models_dir)
