@@ -20,6 +20,7 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from mlflow.tracking import MlflowClient
 
@@ -154,20 +155,15 @@ def promote(
     previous = aliases.get(to_alias)
     moved = previous != str(version.version)
     if moved and not dry_run:
-        client.set_registered_model_alias(name, to_alias, version.version)
-        _record(
+        _move(
             client,
             name,
-            AliasMove(
-                alias=to_alias,
-                from_version=previous,
-                to_version=str(version.version),
-                action="promote",
-                source_alias=from_alias,
-                requirements=tuple(str(r) for r in parsed),
-                time=time.time(),
-                user=_user(),
-            ),
+            alias=to_alias,
+            from_version=previous,
+            to_version=str(version.version),
+            action="promote",
+            source_alias=from_alias,
+            requirements=tuple(str(r) for r in parsed),
         )
         logger.info("Moved %s@%s to version %s.", name, to_alias, version.version)
     return Promotion(name, to_alias, from_alias, str(version.version), previous, moved, dry_run)
@@ -253,6 +249,13 @@ def _parse_moves(value: str) -> list[AliasMove]:
         except (TypeError, ValueError):
             continue
     return moves
+
+
+def _move(client: MlflowClient, name: str, **move: Any) -> None:
+    """Move the alias and record the move (now, by this user)."""
+    recorded = AliasMove(time=time.time(), user=_user(), **move)
+    client.set_registered_model_alias(name, recorded.alias, recorded.to_version)
+    _record(client, name, recorded)
 
 
 def _record(client: MlflowClient, name: str, move: AliasMove) -> None:
@@ -342,20 +345,15 @@ def rollback(
             + "."
         )
     if not dry_run:
-        client.set_registered_model_alias(name, alias, target.version)
-        _record(
+        _move(
             client,
             name,
-            AliasMove(
-                alias=alias,
-                from_version=current,
-                to_version=str(target.version),
-                action="rollback",
-                requirements=promotion.requirements,
-                time=time.time(),
-                user=_user(),
-                undoes=index,
-            ),
+            alias=alias,
+            from_version=current,
+            to_version=str(target.version),
+            action="rollback",
+            requirements=promotion.requirements,
+            undoes=index,
         )
         logger.info("Rolled %s@%s back to version %s.", name, alias, target.version)
     return Rollback(name, alias, current, str(target.version), promotion.requirements, dry_run)
