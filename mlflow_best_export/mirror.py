@@ -270,15 +270,29 @@ class Mirror:
             )
         report.protected_versions = [v.version for v in the_plan.protected]
         if not self._leftovers_reclaimed:
-            # Once per process: artifacts that a crash, a user's delete or an earlier
-            # release left behind deleted logged models.
-            for leftover in registry_lib.find_leftovers(self._client, [reg.experiment_id]):
-                registry_lib.reclaim_leftover(self._client, leftover)
-                report.storage_reclaimed.append(leftover.model_id)
-            self._leftovers_reclaimed = True
+            self._reclaim_leftovers(reg.experiment_id, report)
         self._log_figure(snapshot)
         self._in_step_with = None if gone else kept_dirs
         return report
+
+    def _reclaim_leftovers(self, experiment_id: str, report: SyncReport) -> None:
+        """Once per process: artifacts that a crash, a user's delete or an earlier release
+        left behind deleted logged models. Best effort: an artifact store that cannot be
+        listed (permissions, say) must not keep the rest of MLflow out of step."""
+        from mlflow_best_export import registry as registry_lib
+
+        self._leftovers_reclaimed = True
+        try:
+            for leftover in registry_lib.find_leftovers(self._client, [experiment_id]):
+                registry_lib.reclaim_leftover(self._client, leftover)
+                report.storage_reclaimed.append(leftover.model_id)
+        except Exception as err:  # noqa: BLE001 - see the docstring
+            logger.warning(
+                "Could not reclaim the artifacts of deleted logged models in experiment %s "
+                "(%s); `mlflow-best-export gc` can do it later.",
+                experiment_id,
+                redact_text(err),
+            )
 
     def _log_figure(self, snapshot: Snapshot) -> None:
         """Log the eval curve with the exports marked, as the run's ``eval_history.png``."""
