@@ -664,6 +664,18 @@ class ServingModel:
         self._loaded = tf.saved_model.load(self.export_dir, tags=["serve"])
         self._function = self._loaded.signatures[self.signature.key]
         self._specs = self._function.structured_input_signature[1]
+        self._parsed = _ParsedFeed.build(self._loaded, self.export_dir, self.signature)
+        if self.signature.parses_examples and self._parsed is None:
+            logger.info(
+                "%s: serializing one tf.Example per row (the slow path): the parse spec has "
+                "sparse, ragged or partly unknown features, or cannot be read from the graph.",
+                self.export_dir,
+            )
+
+    @property
+    def vectorized(self) -> bool:
+        """True when columns go to the graph as whole arrays (no per-row work)."""
+        return not self.signature.parses_examples or self._parsed is not None
 
     def predict(self, model_input: Any, params: Mapping[str, Any] | None = None) -> pd.DataFrame:
         """Predict a batch of examples.
@@ -683,6 +695,14 @@ class ServingModel:
         """
         import tensorflow as tf
 
+        if self._parsed is not None:
+            frame = _as_frame(model_input)
+            outputs = self._parsed.run(frame)
+            return _to_frame(
+                {name: value.numpy() for name, value in outputs.items()},
+                self.signature.outputs,
+                len(frame),
+            )
         if self.signature.parses_examples:
             frame = _as_frame(model_input)
             serialized = examples_from_frame(frame, self.signature.features)
@@ -706,6 +726,175 @@ class ServingModel:
             self.signature.outputs,
             rows,
         )
+
+
+class _ParsedFeed:
+    """The serving graph fed below its ParseExample op: columns in, no tf.Example built.
+
+    For a parsing receiver whose features are all dense with known shapes,
+    the function is pruned at the ParseExample op's outputs, and each column
+    becomes the batch ParseExample would have produced: values cast as a
+    ``tf.Example`` would carry them (float32, int64, bytes), the graph's
+    default where a value or the whole column is missing, and the same
+    refusals (a required feature missing, a wrong number of values, a
+    non-integral value for an integer feature).
+    """
+
+    def __init__(self, function: Any, features: Sequence[Feature], defaults: Sequence[Any]):
+        self._function = function
+        self._features = tuple(features)
+        self._defaults = tuple(defaults)
+
+    @classmethod
+    def build(cls, loaded: Any, export_dir: str, signature: ServingSignature) -> _ParsedFeed | None:
+        """The fast path for this signature, or None where it does not apply."""
+        features = signature.features
+        if not signature.parses_examples or not features or not hasattr(loaded, "prune"):
+            return None
+        if any(f.kind != "dense" or None in f.shape for f in features):
+            return None
+        try:
+            meta_graph = _serving_meta_graph(export_dir)
+            signature_def = meta_graph.signature_def[signature.key]
+            serialized = signature_def.inputs[signature.examples_input].name
+            node = _parse_node_fed_by(meta_graph.graph_def, serialized)
+            if node is None:
+                return None
+            n_sparse = _sparse_count(node)
+            defaults = _dense_defaults(meta_graph.graph_def, node)
+            feeds = [f"{node.name}:{3 * n_sparse + j}" for j in range(len(features))]
+            fetches = {name: info.name for name, info in signature_def.outputs.items()}
+            function = loaded.prune(feeds, fetches)
+        except Exception as err:  # noqa: BLE001 - any failure means: use the exact slow path
+            logger.info("%s: no vectorized input path (%s).", export_dir, err)
+            return None
+        return cls(function, features, defaults)
+
+    def run(self, frame: pd.DataFrame) -> Mapping[str, Any]:
+        """Run the pruned graph on the columns of ``frame``."""
+        import tensorflow as tf
+
+        missing = [
+            f.name
+            for f, default in zip(self._features, self._defaults, strict=True)
+            if default is None and f.name not in frame.columns
+        ]
+        if missing:
+            raise ValueError(
+                f"The model needs the features {missing}; the input has {list(frame.columns)}."
+            )
+        rows = len(frame)
+        batches = [
+            tf.constant(_dense_batch(frame.get(f.name), f, default, rows))
+            for f, default in zip(self._features, self._defaults, strict=True)
+        ]
+        return self._function(*batches)
+
+
+def _sparse_count(node: Any) -> int:
+    if node.op == "ParseExampleV2":
+        return int(node.attr["num_sparse"].i)
+    return int(node.attr["Nsparse"].i)
+
+
+def _dense_defaults(graph_def: Any, node: Any) -> list[np.ndarray | None]:
+    """Per dense feature of a ParseExample(V2) node: its default as an array, None if required."""
+    import tensorflow as tf
+
+    nodes = {n.name: n for n in graph_def.node}
+    inputs = [i for i in node.input if not i.startswith("^")]
+    if node.op == "ParseExampleV2":
+        n_dense = len(node.attr["Tdense"].list.type)
+        defaults = inputs[5 : 5 + n_dense]
+    else:
+        n_sparse, n_dense = int(node.attr["Nsparse"].i), int(node.attr["Ndense"].i)
+        defaults = inputs[2 + n_sparse + n_dense : 2 + n_sparse + 2 * n_dense]
+    found: list[np.ndarray | None] = []
+    for name in defaults:
+        current = nodes[_node_name(name)]
+        # tf.io.parse_example reshapes each default to the feature's shape.
+        while current.op in ("Identity", "Reshape"):
+            current = nodes[_node_name(current.input[0])]
+        if current.op != "Const":
+            raise ValueError(f"the default of a dense feature ({name}) is not constant")
+        value = tf.make_ndarray(current.attr["value"].tensor)
+        found.append(None if value.size == 0 else value)
+    return found
+
+
+_NUMPY_DTYPES = {"float32": np.float32, "int64": np.int64, "string": object}
+
+
+def _dense_batch(
+    column: pd.Series | None, feature: Feature, default: np.ndarray | None, rows: int
+) -> np.ndarray:
+    """One dense feature for a batch, exactly as ParseExample would give it."""
+    dtype = _NUMPY_DTYPES[feature.dtype]
+    shape = tuple(int(d) for d in feature.shape)
+    size = math.prod(shape)
+    fill = None
+    if default is not None:
+        fill = (
+            default.reshape(shape) if default.size == size else np.broadcast_to(default, shape)
+        ).astype(dtype)
+    if column is None:
+        return np.broadcast_to(fill, (rows, *shape)).copy()
+    values = column.to_numpy()
+    if values.dtype.kind in "fiub" and size == 1 and values.ndim == 1:
+        return _scalar_batch(values, feature, fill, shape)
+    batch = np.empty((rows, *shape), dtype=dtype)
+    for row, cell in enumerate(values):
+        if _is_missing(cell):
+            if fill is None:
+                raise _required_missing(feature, row)
+            batch[row] = fill if fill.ndim else fill[()]
+            continue
+        flat = np.ravel(np.asarray(cell, dtype=object if _is_text(cell) else None))
+        if flat.size != size:
+            raise ValueError(
+                f"The feature {feature.name!r} takes {size} value(s) per example (shape "
+                f"{list(shape)}); row {row} has {flat.size}."
+            )
+        value = _cast(flat, feature).reshape(shape)
+        # A 0-d object array would be stored as an element itself: store its content.
+        batch[row] = value if value.ndim else value[()]
+    return batch
+
+
+def _scalar_batch(
+    values: np.ndarray, feature: Feature, fill: np.ndarray | None, shape: tuple[int, ...]
+) -> np.ndarray:
+    """A numeric column of one value per example, without a loop over the rows."""
+    missing = np.isnan(values) if values.dtype.kind == "f" else None
+    if missing is not None and missing.any():
+        if fill is None:
+            raise _required_missing(feature, int(np.argmax(missing)))
+        values = np.where(missing, 0, values)
+    batch = _cast(values, feature)
+    if missing is not None and missing.any():
+        batch[missing] = fill.reshape(()) if fill.ndim else fill
+    return batch.reshape((len(values), *shape))
+
+
+def _cast(flat: np.ndarray, feature: Feature) -> np.ndarray:
+    """Values as a tf.Example's list of the feature's type would hold them."""
+    if feature.dtype == "string":
+        return np.array(
+            [v if isinstance(v, bytes) else str(v).encode() for v in flat.tolist()], dtype=object
+        )
+    if feature.dtype == "int64":
+        integers = flat.astype(np.int64)
+        if flat.dtype.kind == "f" and not np.array_equal(integers, flat):
+            raise ValueError(f"The feature {feature.name!r} takes integers; got {flat!r}.")
+        return integers
+    return flat.astype(np.float32)
+
+
+def _required_missing(feature: Feature, row: int) -> ValueError:
+    return ValueError(
+        f"The feature {feature.name!r} has no default and is missing in row {row}; give a "
+        f"value in every row."
+    )
 
 
 def load_serving_model(
@@ -772,11 +961,14 @@ def _to_array(values: Any, info: TensorInfo) -> np.ndarray:
     """One column as a batch of the tensor's dtype and shape."""
     import tensorflow as tf
 
-    if isinstance(values, pd.Series):
-        values = values.tolist()
     numpy_dtype = (
         object if info.dtype == "string" else tf.dtypes.as_dtype(info.dtype).as_numpy_dtype
     )
+    if isinstance(values, pd.Series):
+        column = values.to_numpy()
+        # A numeric column goes to the graph as it is (no copy when the dtype matches);
+        # only cells holding lists or arrays need a Python pass to be stacked.
+        values = column if column.dtype != object else values.tolist()
     array = np.asarray(values, dtype=numpy_dtype)
     row_shape = info.row_shape
     if row_shape is not None and None not in row_shape and array.ndim:

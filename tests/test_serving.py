@@ -204,9 +204,9 @@ def test_parsing_model_applies_the_graph_default_for_a_missing_feature(tmp_path,
     without_n = mlflow.pyfunc.load_model(str(path)).predict(data[["a", "b"]])
     assert_predictions_match(without_n, estimators.predict(estimator, data.assign(n=0)))
     # ...and the loader itself also takes gaps in it (MLflow refuses a long column with NaNs).
-    some_missing = serving.load_serving_model(exports["parsing", False]).predict(
-        data.assign(n=[None, 2, None, 1])
-    )
+    loaded = serving.load_serving_model(exports["parsing", False])
+    assert loaded.vectorized  # the columns go below ParseExample, no tf.Example is built
+    some_missing = loaded.predict(data.assign(n=[None, 2, None, 1]))
     assert_predictions_match(
         some_missing, estimators.predict(estimator, data.assign(n=[0, 2, 0, 1]))
     )

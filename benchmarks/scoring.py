@@ -1,0 +1,144 @@
+"""Benchmark: batch scoring of an exported Estimator, ours against the model's own speed.
+
+A ``DNNRegressor`` on four scalar columns is trained briefly and exported twice,
+with a parsing receiver (serialized ``tf.Example`` input) and a raw receiver.
+On the same ``--rows`` rows (a pandas DataFrame), it prints rows/s for:
+
+- ``predict()`` of our pyfunc model (``ServingModel.predict``, what
+  ``mlflow.pyfunc.load_model(...).predict`` calls), for both receivers;
+- the floor: the SavedModel's serving signature called directly on inputs
+  already in its own form (pre-serialized examples, or ready tensors);
+- ``Estimator.predict`` on the same rows;
+
+and the ratio of ours to the floor (goal: at least 0.5), plus the peak extra
+memory of ``predict()`` against the input frame's size (goal: at most 2x).
+
+Usage::
+
+    python benchmarks/scoring.py                 # 200,000 rows
+    python benchmarks/scoring.py --rows 20000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+COLUMNS = ("area", "rooms", "age", "distance")
+
+
+def data(rows: int):
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.RandomState(0)
+    return pd.DataFrame({c: rng.uniform(0, 100, rows).astype("float32") for c in COLUMNS})
+
+
+def train_and_export(work: str):
+    import tensorflow as tf
+
+    columns = [tf.feature_column.numeric_column(c) for c in COLUMNS]
+    estimator = tf.estimator.DNNRegressor([32, 16], columns, model_dir=os.path.join(work, "m"))
+    frame = data(256)
+
+    def input_fn():
+        features = {c: frame[c].to_numpy() for c in COLUMNS}
+        labels = frame["area"].to_numpy() * 2
+        return tf.data.Dataset.from_tensor_slices((features, labels)).repeat().batch(64)
+
+    estimator.train(input_fn, max_steps=20)
+    spec = tf.feature_column.make_parse_example_spec(columns)
+    parsing = tf.estimator.export.build_parsing_serving_input_receiver_fn(spec)
+
+    def raw():
+        # Called by export_saved_model inside its own graph.
+        return tf.estimator.export.build_raw_serving_input_receiver_fn(
+            {c: tf.compat.v1.placeholder(tf.float32, [None], name=c) for c in COLUMNS}
+        )()
+
+    exports = {
+        "parsing": estimator.export_saved_model(os.path.join(work, "parsing"), parsing).decode(),
+        "raw": estimator.export_saved_model(os.path.join(work, "raw"), raw).decode(),
+    }
+    return estimator, exports
+
+
+def rate(rows: int, fn, repeat: int) -> float:
+    fn()  # warm up (graph tracing, first allocation)
+    best = min(_timed(fn) for _ in range(repeat))
+    return rows / best
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args(argv)
+
+    import numpy as np
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")
+    from mlflow_best_export import serving
+
+    work = tempfile.mkdtemp(prefix="scoring-")
+    estimator, exports = train_and_export(work)
+    frame = data(args.rows)
+    frame_bytes = int(frame.memory_usage(index=False, deep=True).sum())
+    print(f"{args.rows:,} rows, {len(COLUMNS)} float columns ({frame_bytes / 1e6:.1f} MB)")
+
+    results = {}
+    for kind, export in exports.items():
+        model = serving.load_serving_model(export)
+        ours = rate(args.rows, lambda m=model: m.predict(frame), args.repeat)
+        if kind == "parsing":
+            examples = serving.examples_from_frame(frame, model.signature.features)
+            feeds = {model.signature.examples_input: tf.constant(examples)}
+        else:
+            feeds = {c: tf.constant(frame[c].to_numpy()) for c in COLUMNS}
+        floor = rate(args.rows, lambda m=model, f=feeds: m._function(**f), args.repeat)
+        tracemalloc.start()
+        model.predict(frame)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        results[kind] = (ours, floor, model.vectorized, peak)
+
+    def estimator_input():
+        return tf.data.Dataset.from_tensor_slices({c: frame[c].to_numpy() for c in COLUMNS}).batch(
+            10_000
+        )
+
+    start = time.perf_counter()
+    predictions = np.array([p["predictions"][0] for p in estimator.predict(estimator_input)])
+    estimator_rate = args.rows / (time.perf_counter() - start)
+    assert len(predictions) == args.rows
+
+    print(f"{'receiver':9s} {'ours rows/s':>12s} {'signature floor':>16s} {'ratio':>6s}  path")
+    for kind, (ours, floor, vectorized, peak) in results.items():
+        path = "vectorized" if vectorized else "per-row tf.Example"
+        print(
+            f"{kind:9s} {ours:12,.0f} {floor:16,.0f} {ours / floor:6.2f}  {path}; "
+            f"peak extra memory {peak / frame_bytes:.2f}x the frame (Python allocations)"
+        )
+    print(f"Estimator.predict: {estimator_rate:,.0f} rows/s")
+    print("goals: ratio >= 0.5 on both receivers; extra memory <= 2x the frame")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
