@@ -11,7 +11,9 @@ On the same ``--rows`` rows (a pandas DataFrame), it prints rows/s for:
 - ``Estimator.predict`` on the same rows;
 
 and the ratio of ours to the floor (goal: at least 0.5), plus the peak extra
-memory of ``predict()`` against the input frame's size (goal: at most 2x).
+memory of ``predict()`` against the input frame's size (goal: at most 2x);
+then ``mlflow.pyfunc.spark_udf`` rows/s on a local Spark session, and the p50
+and p99 latency of ``mlflow models serve`` for 1-row and 100-row requests.
 
 Usage::
 
@@ -88,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--spark-rows", type=int, default=1_000_000)
+    parser.add_argument("--requests", type=int, default=200, help="per latency figure")
+    parser.add_argument("--no-spark", action="store_true", help="skip spark_udf")
+    parser.add_argument("--no-serve", action="store_true", help="skip mlflow models serve")
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -137,7 +143,111 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(f"Estimator.predict: {estimator_rate:,.0f} rows/s")
     print("goals: ratio >= 0.5 on both receivers; extra memory <= 2x the frame")
+    for kind, export in exports.items():
+        model_path = os.path.join(work, f"pyfunc-{kind}")
+        serving.save_model(export, model_path)
+        if not args.no_spark:
+            spark_rows, spark_rate = spark_rate_of(model_path, args.spark_rows)
+            print(f"{kind:9s} spark_udf (local[2], {spark_rows:,} rows): {spark_rate:,.0f} rows/s")
+        if not args.no_serve:
+            for batch, (p50, p99) in serve_latency(model_path, work, args.requests).items():
+                print(
+                    f"{kind:9s} mlflow models serve, {batch:3d}-row requests: "
+                    f"p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms"
+                )
     return 0
+
+
+def spark_rate_of(model_path: str, rows: int) -> tuple[int, float]:
+    """Rows/s of ``mlflow.pyfunc.spark_udf`` on a local Spark session (model loading included)."""
+    import mlflow
+    from pyspark.sql import SparkSession
+    from pyspark.sql import functions as F
+
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    spark = (
+        SparkSession.builder.master("local[2]")
+        .config("spark.driver.memory", "4g")
+        .config("spark.ui.enabled", "false")
+        .getOrCreate()
+    )
+    try:
+        udf = mlflow.pyfunc.spark_udf(spark, model_path, env_manager="local", result_type="double")
+        frame = spark.range(rows).select(
+            *[(F.rand(i) * 100).alias(c) for i, c in enumerate(COLUMNS)]
+        )
+        start = time.perf_counter()
+        frame.select(udf(F.struct(*COLUMNS)).alias("y")).agg(F.sum("y")).collect()
+        return rows, rows / (time.perf_counter() - start)
+    finally:
+        spark.stop()
+
+
+def serve_latency(
+    model_path: str, work: str, requests_count: int
+) -> dict[int, tuple[float, float]]:
+    """p50 and p99 seconds of ``mlflow models serve`` for 1-row and 100-row requests."""
+    import socket
+    import subprocess
+
+    import numpy as np
+    import requests
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    bin_dir = os.path.dirname(sys.executable)
+    env = dict(os.environ, PATH=os.pathsep.join([bin_dir, os.environ.get("PATH", "")]))
+    log = open(os.path.join(work, f"serve-{port}.log"), "w")
+    server = subprocess.Popen(
+        [
+            os.path.join(bin_dir, "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            model_path,
+            "--env-manager",
+            "local",
+            "-p",
+            str(port),
+            "-h",
+            "127.0.0.1",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError(f"mlflow models serve did not start; see {log.name}")
+            time.sleep(0.5)
+        latencies = {}
+        session = requests.Session()
+        for batch in (1, 100):
+            body = {"dataframe_records": data(batch).to_dict(orient="records")}
+            session.post(f"{url}/invocations", json=body, timeout=30).raise_for_status()
+            times = []
+            for _ in range(requests_count):
+                start = time.perf_counter()
+                session.post(f"{url}/invocations", json=body, timeout=30).raise_for_status()
+                times.append(time.perf_counter() - start)
+            latencies[batch] = (float(np.percentile(times, 50)), float(np.percentile(times, 99)))
+        return latencies
+    finally:
+        import signal
+
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+        log.close()
 
 
 if __name__ == "__main__":
