@@ -145,13 +145,7 @@ def promote(
             f"(aliases: {sorted(aliases) or 'none'})."
         )
     version = client.get_model_version(name, aliases[from_alias])
-    failures = [reason for r in parsed if (reason := r.check(version.tags or {}))]
-    if failures:
-        raise PromotionRefused(
-            f"Not promoting {name} version {version.version} ({from_alias}): "
-            + "; ".join(failures)
-            + "."
-        )
+    _require(parsed, version.tags, f"promoting {name} version {version.version} ({from_alias})")
     previous = aliases.get(to_alias)
     moved = previous != str(version.version)
     if moved and not dry_run:
@@ -167,6 +161,13 @@ def promote(
         )
         logger.info("Moved %s@%s to version %s.", name, to_alias, version.version)
     return Promotion(name, to_alias, from_alias, str(version.version), previous, moved, dry_run)
+
+
+def _require(requirements: Sequence[Requirement], tags: Mapping[str, str] | None, doing: str):
+    """Raise PromotionRefused naming every requirement the version's tags fail."""
+    failures = [reason for r in requirements if (reason := r.check(tags or {}))]
+    if failures:
+        raise PromotionRefused(f"Not {doing}: " + "; ".join(failures) + ".")
 
 
 @dataclass(frozen=True)
@@ -337,13 +338,7 @@ def rollback(
             f"exists ({err.message.splitlines()[0] if err.message else err})."
         ) from None
     parsed = [Requirement.parse(r) for r in promotion.requirements]
-    failures = [reason for r in parsed if (reason := r.check(target.tags or {}))]
-    if failures:
-        raise PromotionRefused(
-            f"Not rolling {name}@{alias} back to version {target.version}: "
-            + "; ".join(failures)
-            + "."
-        )
+    _require(parsed, target.tags, f"rolling {name}@{alias} back to version {target.version}")
     if not dry_run:
         _move(
             client,
