@@ -731,19 +731,27 @@ class ServingModel:
 class _ParsedFeed:
     """The serving graph fed below its ParseExample op: columns in, no tf.Example built.
 
-    For a parsing receiver whose features are all dense with known shapes,
-    the function is pruned at the ParseExample op's outputs, and each column
-    becomes the batch ParseExample would have produced: values cast as a
+    For a parsing receiver whose features are dense with known shapes or
+    variable-length (sparse), the function is pruned at the ParseExample op's
+    outputs, and each column becomes what ParseExample would have produced
+    (for a sparse feature: indices, values and dense shape): values cast as a
     ``tf.Example`` would carry them (float32, int64, bytes), the graph's
     default where a value or the whole column is missing, and the same
     refusals (a required feature missing, a wrong number of values, a
     non-integral value for an integer feature).
     """
 
-    def __init__(self, function: Any, features: Sequence[Feature], defaults: Sequence[Any]):
+    def __init__(
+        self,
+        function: Any,
+        dense: Sequence[Feature],
+        defaults: Sequence[Any],
+        sparse: Sequence[Feature] = (),
+    ):
         self._function = function
-        self._features = tuple(features)
+        self._features = tuple(dense)
         self._defaults = tuple(defaults)
+        self._sparse = tuple(sparse)
 
     @classmethod
     def build(cls, loaded: Any, export_dir: str, signature: ServingSignature) -> _ParsedFeed | None:
@@ -751,8 +759,10 @@ class _ParsedFeed:
         features = signature.features
         if not signature.parses_examples or not features or not hasattr(loaded, "prune"):
             return None
-        if any(f.kind != "dense" or None in f.shape for f in features):
-            return None
+        dense = [f for f in features if f.kind == "dense"]
+        sparse = [f for f in features if f.kind == "sparse"]
+        if len(dense) + len(sparse) != len(features) or any(None in f.shape for f in dense):
+            return None  # ragged features, or dense ones of unknown shape
         try:
             meta_graph = _serving_meta_graph(export_dir)
             signature_def = meta_graph.signature_def[signature.key]
@@ -762,13 +772,17 @@ class _ParsedFeed:
                 return None
             n_sparse = _sparse_count(node)
             defaults = _dense_defaults(meta_graph.graph_def, node)
-            feeds = [f"{node.name}:{3 * n_sparse + j}" for j in range(len(features))]
+            # ParseExample's outputs: sparse indices, values and shapes, then dense values.
+            feeds = [f"{node.name}:{3 * n_sparse + j}" for j in range(len(dense))]
+            for k in range(n_sparse):
+                feeds += [f"{node.name}:{k}", f"{node.name}:{n_sparse + k}"]
+                feeds += [f"{node.name}:{2 * n_sparse + k}"]
             fetches = {name: info.name for name, info in signature_def.outputs.items()}
             function = loaded.prune(feeds, fetches)
         except Exception as err:  # noqa: BLE001 - any failure means: use the exact slow path
             logger.info("%s: no vectorized input path (%s).", export_dir, err)
             return None
-        return cls(function, features, defaults)
+        return cls(function, dense, defaults, sparse)
 
     def run(self, frame: pd.DataFrame) -> Mapping[str, Any]:
         """Run the pruned graph on the columns of ``frame``."""
@@ -788,6 +802,10 @@ class _ParsedFeed:
             tf.constant(_dense_batch(frame.get(f.name), f, default, rows))
             for f, default in zip(self._features, self._defaults, strict=True)
         ]
+        for feature in self._sparse:
+            batches.extend(
+                tf.constant(a) for a in _sparse_batch(frame.get(feature.name), feature, rows)
+            )
         return self._function(*batches)
 
 
@@ -859,6 +877,37 @@ def _dense_batch(
         # A 0-d object array would be stored as an element itself: store its content.
         batch[row] = value if value.ndim else value[()]
     return batch
+
+
+def _sparse_batch(
+    column: pd.Series | None, feature: Feature, rows: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One variable-length feature for a batch: ParseExample's indices, values and shape.
+
+    A missing cell (None, NaN) or column gives the row no values; a scalar cell
+    one value; a list cell its values, in order.
+    """
+    cells = [] if column is None else column.tolist()
+    flats = []
+    for cell in cells:
+        if _is_missing(cell):
+            flats.append(None)
+            continue
+        flats.append(np.ravel(np.asarray(cell, dtype=object if _is_text(cell) else None)))
+    lengths = np.array([0 if f is None else f.size for f in flats] or [0] * rows, dtype=np.int64)
+    present = [f for f in flats if f is not None and f.size]
+    if present:
+        values = _cast(
+            np.concatenate([f.astype(object) if f.dtype == object else f for f in present]), feature
+        )
+    else:
+        values = np.empty(0, dtype=_NUMPY_DTYPES[feature.dtype])
+    row_of = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
+    starts = np.cumsum(lengths) - lengths
+    position = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(starts, lengths)
+    indices = np.stack([row_of, position], axis=1) if len(row_of) else np.zeros((0, 2), np.int64)
+    shape = np.array([rows, int(lengths.max()) if len(lengths) else 0], dtype=np.int64)
+    return indices, values, shape
 
 
 def _scalar_batch(

@@ -26,6 +26,8 @@ SPEC = {
     "n": tf.io.FixedLenFeature([1], tf.int64, default_value=[7]),
     "k": tf.io.FixedLenFeature([3], tf.int64),
     "s": tf.io.FixedLenFeature([], tf.string, default_value="none"),
+    "t": tf.io.VarLenFeature(tf.float32),
+    "w": tf.io.VarLenFeature(tf.string),
 }
 
 
@@ -35,7 +37,13 @@ def model(tmp_path_factory):
     with tf.Graph().as_default():
         examples = tf.compat.v1.placeholder(tf.string, [None], name="examples")
         parsed = tf.io.parse_example(examples, SPEC)
-        outputs = {name: tf.identity(tensor, name=f"out_{name}") for name, tensor in parsed.items()}
+        outputs = {
+            name: tf.identity(
+                tf.sparse.to_dense(tensor) if isinstance(tensor, tf.SparseTensor) else tensor,
+                name=f"out_{name}",
+            )
+            for name, tensor in parsed.items()
+        }
         outputs["score"] = parsed["f"] * 2.0 + tf.reduce_sum(parsed["v"], axis=1)
         with tf.compat.v1.Session() as session:
             builder = tf.compat.v1.saved_model.Builder(path)
@@ -78,12 +86,23 @@ def frames(draw):
     if draw(st.booleans()):
         text = st.one_of(st.none(), st.text(max_size=4))
         columns["s"] = [draw(text) for _ in range(rows)]
+    if draw(st.booleans()):  # variable length: missing, one value, or a list
+        cell = st.one_of(
+            st.none(),
+            st.floats(allow_nan=False, width=32),
+            st.lists(st.floats(width=32), max_size=3),
+        )
+        columns["t"] = [draw(cell) for _ in range(rows)]
+    if draw(st.booleans()):
+        cell = st.one_of(st.none(), st.lists(st.text(max_size=3), max_size=3))
+        columns["w"] = [draw(cell) for _ in range(rows)]
     return pd.DataFrame(columns)
 
 
 def test_the_fast_path_is_taken(model):
     assert model.vectorized
-    assert [f.name for f in model.signature.features] == sorted(SPEC)
+    assert sorted(f.name for f in model.signature.features) == sorted(SPEC)
+    assert {f.name for f in model.signature.features if f.kind == "sparse"} == {"t", "w"}
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
