@@ -2,7 +2,8 @@
 
 A real local Spark session (pyspark from PyPI, a Java runtime from Debian) scores
 a model registered by ``MLflowBestExporter`` (parsing receiver); a sample of its
-answers must equal ``Estimator.predict`` on the best version's checkpoint.
+answers must equal ``Estimator.predict`` on the best version's checkpoint. Without
+Java the test is skipped, except under CI (``CI=1``), where that is a failure.
 """
 
 from __future__ import annotations
@@ -24,7 +25,10 @@ ROWS = 1_000_000
 @pytest.fixture(scope="module")
 def spark():
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
-        pytest.fail("Spark needs a Java runtime (.ci/run installs default-jre-headless)")
+        reason = "Spark needs a Java runtime (e.g. Debian's default-jre-headless)"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI=1 and {reason}; .ci/run installs it")
+        pytest.skip(reason)
     from pyspark.sql import SparkSession
 
     os.environ["PYSPARK_PYTHON"] = sys.executable
