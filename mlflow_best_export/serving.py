@@ -215,8 +215,13 @@ def signature_of(
       ValueError: if there is no SavedModel with a ``serve`` graph, or the
         signature cannot be chosen.
     """
-    meta_graph = _serving_meta_graph(os.fspath(export_dir))
-    key = _choose_signature_key(meta_graph.signature_def, signature_key, os.fspath(export_dir))
+    export_dir = os.fspath(export_dir)
+    return _signature_in(_serving_meta_graph(export_dir), signature_key, export_dir)
+
+
+def _signature_in(meta_graph: Any, signature_key: str | None, export_dir: str) -> ServingSignature:
+    """:func:`signature_of` for a meta graph already read."""
+    key = _choose_signature_key(meta_graph.signature_def, signature_key, export_dir)
     signature_def = meta_graph.signature_def[key]
     inputs = tuple(
         _tensor_info(name, signature_def.inputs[name]) for name in sorted(signature_def.inputs)
@@ -659,12 +664,15 @@ class ServingModel:
         import tensorflow as tf
 
         self.export_dir = os.fspath(export_dir)
-        self.signature = signature_of(self.export_dir, signature_key)
+        # Read once (saved_model.pb can be large, and remote): the signature and the
+        # vectorized input path both come from it.
+        meta_graph = _serving_meta_graph(self.export_dir)
+        self.signature = _signature_in(meta_graph, signature_key, self.export_dir)
         # Keeping the loaded object alive keeps the function's variables alive.
         self._loaded = tf.saved_model.load(self.export_dir, tags=["serve"])
         self._function = self._loaded.signatures[self.signature.key]
         self._specs = self._function.structured_input_signature[1]
-        self._parsed = _ParsedFeed.build(self._loaded, self.export_dir, self.signature)
+        self._parsed = _ParsedFeed.build(self._loaded, meta_graph, self.signature, self.export_dir)
         if self.signature.parses_examples and self._parsed is None:
             logger.info(
                 "%s: serializing one tf.Example per row (the slow path): the parse spec has "
@@ -754,7 +762,9 @@ class _ParsedFeed:
         self._sparse = tuple(sparse)
 
     @classmethod
-    def build(cls, loaded: Any, export_dir: str, signature: ServingSignature) -> _ParsedFeed | None:
+    def build(
+        cls, loaded: Any, meta_graph: Any, signature: ServingSignature, export_dir: str
+    ) -> _ParsedFeed | None:
         """The fast path for this signature, or None where it does not apply."""
         features = signature.features
         if not signature.parses_examples or not features or not hasattr(loaded, "prune"):
@@ -764,7 +774,6 @@ class _ParsedFeed:
         if len(dense) + len(sparse) != len(features) or any(None in f.shape for f in dense):
             return None  # ragged features, or dense ones of unknown shape
         try:
-            meta_graph = _serving_meta_graph(export_dir)
             signature_def = meta_graph.signature_def[signature.key]
             serialized = signature_def.inputs[signature.examples_input].name
             node = _parse_node_fed_by(meta_graph.graph_def, serialized)
