@@ -147,7 +147,7 @@ def _best_metric(history: EvalHistory, metric: str | None) -> str | None:
 def history(model_dir, pattern, metric, mode, fmt, plot, exporter_name) -> None:
     """Print the eval history recovered from MODEL_DIR's event files; mark the best."""
     from mlflow_best_export.history import read_eval_history
-    from mlflow_best_export.ranking import metric_bigger, metric_smaller, rank_best_first
+    from mlflow_best_export.ranking import Comparison, rank_best_first
 
     _check_model_dir(model_dir)
     hist = read_eval_history(model_dir, pattern)
@@ -157,7 +157,7 @@ def history(model_dir, pattern, metric, mode, fmt, plot, exporter_name) -> None:
     frame = hist.to_pandas()
     best_step = None
     if metric is not None:
-        compare_fn = metric_bigger(metric) if mode == "max" else metric_smaller(metric)
+        compare_fn = Comparison(metric, mode)
         candidates = [r for r in hist.records if metric in r.metrics]
         ranked = rank_best_first(candidates, compare_fn, lambda r: r.metrics, lambda r: r.step)
         ranked = [r for r in ranked if math.isfinite(r.metrics[metric])]
@@ -242,7 +242,7 @@ def sync(
     are gone (never a version with another alias), and moves the alias.
     """
     from mlflow_best_export import mirror, registry
-    from mlflow_best_export.ranking import metric_bigger, metric_smaller
+    from mlflow_best_export.ranking import Comparison
 
     _check_model_dir(model_dir)
     if registered_model is not None:
@@ -250,7 +250,7 @@ def sync(
     alias = registry.validate_alias(alias, "--alias")
     compare_fn = None
     if metric is not None:
-        compare_fn = metric_bigger(metric) if mode == "max" else metric_smaller(metric)
+        compare_fn = Comparison(metric, mode or "min")
     elif mode is not None:
         raise click.UsageError("--mode needs --metric.")
 
@@ -417,10 +417,17 @@ def _registered_model(client, name):
     help="Versions to keep per exporter (use the exporter's exports_to_keep or more: "
     "it re-registers exports it still keeps on disk).",
 )
+@click.option(
+    "--keep-latest",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Also keep this many versions of the highest global steps per exporter "
+    "(AnyOf(KeepBestN(keep), KeepLatestN(keep_latest))).",
+)
 @click.option("--dry-run", is_flag=True, help="Say what would be deleted; delete nothing.")
 @click.option("--tracking-uri", default=None, help=_TRACKING_URI_HELP)
 @_one_line_errors
-def gc(name, keep, dry_run, tracking_uri) -> None:
+def gc(name, keep, keep_latest, dry_run, tracking_uri) -> None:
     """Apply registry retention to NAME: keep the best versions of each exporter.
 
     Only versions this package created are considered, ranked by the metric
@@ -432,10 +439,14 @@ def gc(name, keep, dry_run, tracking_uri) -> None:
     from mlflow.tracking import MlflowClient
 
     from mlflow_best_export import registry
+    from mlflow_best_export.retention import AnyOf, KeepBestN, KeepLatestN
 
     client = MlflowClient(tracking_uri=tracking_uri)
     _registered_model(client, name)
-    doomed = registry.gc_plan(client, name, keep)
+    policy = KeepBestN(keep)
+    if keep_latest is not None:
+        policy = AnyOf(policy, KeepLatestN(keep_latest))
+    doomed = registry.gc_plan(client, name, policy)
     if not doomed.delete:
         click.echo(f"nothing to delete in {name}.")
     for entry, reason in doomed.delete:

@@ -1,8 +1,10 @@
 """MLflowBestExporter: a drop-in ``tf.estimator.BestExporter`` that keeps the N best.
 
-This module is the only one that imports ``tf.estimator``. It orchestrates the
-others: the history reader (what was evaluated), the ranking (what is best),
-the export directory (what can be served) and the MLflow mirror.
+This module is the only one that imports ``tf.estimator``. It is an adapter:
+it checks the arguments, turns what the Estimator hands over into the
+``keeper``'s terms, carries out the keeper's decisions with
+``export_saved_model`` and the export directory, and hands the kept exports
+to the MLflow mirror.
 """
 
 from __future__ import annotations
@@ -11,31 +13,23 @@ import logging
 import os
 import re
 import tempfile
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import tensorflow as tf
 
 from mlflow_best_export import exports as exports_lib
-from mlflow_best_export import fs, ranking
+from mlflow_best_export import fs, ranking, retention
 from mlflow_best_export.exports import Export, ExportDirLock
-from mlflow_best_export.history import EvalHistory, EvalRecord, HistoryReader
+from mlflow_best_export.history import EvalHistory, HistoryReader
+from mlflow_best_export.keeper import Candidate, Keeper
 from mlflow_best_export.mirror import BackgroundSync, Mirror, kept_snapshot
 from mlflow_best_export.tracking import redact_text
 
 logger = logging.getLogger(__name__)
 
 _CHECKPOINT_STEP = re.compile(r"-(\d+)$")
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """An eval result offered to ``export()``, reduced to what decisions need."""
-
-    step: int
-    metrics: Mapping[str, float]
-    checkpoint_path: str | None
 
 
 def _validate_name(name: Any) -> str:
@@ -120,22 +114,6 @@ def _validate_assets_extra(assets_extra: Any) -> dict[str, str]:
             )
         checked[dest] = source
     return checked
-
-
-def _validate_exports_to_keep(exports_to_keep: Any) -> int | None:
-    if exports_to_keep is None:
-        return None
-    if isinstance(exports_to_keep, bool) or not isinstance(exports_to_keep, int):
-        raise ValueError(
-            "`exports_to_keep` must be a positive integer, or None to keep every export; "
-            f"got {exports_to_keep!r}."
-        )
-    if exports_to_keep <= 0:
-        raise ValueError(
-            "`exports_to_keep`, if provided, must be a positive number (or None to keep every "
-            f"export). Got {exports_to_keep}"
-        )
-    return exports_to_keep
 
 
 def _validate_optional_str(value: Any, argument: str, example: str) -> str | None:
@@ -240,8 +218,10 @@ class MLflowBestExporter(tf.estimator.BestExporter):
       assets_extra: ``{destination inside assets.extra: source file}`` copied
         into every export.
       as_text: write the SavedModel proto as text.
-      exports_to_keep: how many of the best exports to keep on disk; None
-        keeps all. The registry keeps the same exports.
+      exports_to_keep: which exports to keep on disk: N keeps the N best
+        (``KeepBestN(N)``), None keeps all, or any retention policy value such
+        as ``AnyOf(KeepBestN(3), KeepLatestN(1))``. The registry keeps the
+        same exports.
 
     Keyword-only MLflow options:
       log_to_mlflow: mirror the history and the kept exports into MLflow
@@ -275,7 +255,7 @@ class MLflowBestExporter(tf.estimator.BestExporter):
         compare_fn: ranking.CompareFn = ranking.loss_smaller,
         assets_extra: Mapping[str, str] | None = None,
         as_text: bool = False,
-        exports_to_keep: int | None = 5,
+        exports_to_keep: int | retention.RetentionPolicy | None = 5,
         *,
         log_to_mlflow: bool = True,
         tracking_uri: str | None = None,
@@ -297,7 +277,7 @@ class MLflowBestExporter(tf.estimator.BestExporter):
         assets_extra = _validate_assets_extra(assets_extra)
         if not isinstance(as_text, bool):
             raise ValueError(f"`as_text` must be True or False, got {as_text!r}.")
-        exports_to_keep = _validate_exports_to_keep(exports_to_keep)
+        policy = retention.retention_policy(exports_to_keep)
         self._log_to_mlflow = _validate_flag(log_to_mlflow, "log_to_mlflow")
         self._tracking_uri = _validate_optional_str(
             tracking_uri, "tracking_uri", "'http://mlflow:5000' or 'sqlite:///mlflow.db'"
@@ -321,13 +301,16 @@ class MLflowBestExporter(tf.estimator.BestExporter):
             compare_fn=compare_fn,
             assets_extra=assets_extra or None,
             as_text=as_text,
-            exports_to_keep=exports_to_keep,
+            # The parent only checks it; a policy value is ours alone.
+            exports_to_keep=exports_to_keep if isinstance(policy, retention.KeepBestN) else None,
         )
+        self._exports_to_keep = exports_to_keep
         self._serving_input_receiver_fn = serving_input_receiver_fn
         self._assets_extra = assets_extra
         self._as_text = as_text
-        self._retention = ranking.retention_policy(exports_to_keep)
-        self._compare_key = ranking.compared_key(compare_fn)
+        self._keeper = Keeper(compare_fn, policy)
+        self._comparison = ranking.Comparison.of(compare_fn)
+        self._compare_key = self._comparison.key if self._comparison else None
         self._lock: ExportDirLock | None = None
         self._history_reader: HistoryReader | None = None
         self._bound_to: tuple[str, str] | None = None
@@ -341,9 +324,14 @@ class MLflowBestExporter(tf.estimator.BestExporter):
         return self._compare_fn
 
     @property
-    def exports_to_keep(self) -> int | None:
-        """How many of the best exports are kept on disk (None: all)."""
+    def exports_to_keep(self) -> int | retention.RetentionPolicy | None:
+        """The ``exports_to_keep`` argument, as given."""
         return self._exports_to_keep
+
+    @property
+    def retention(self) -> retention.RetentionPolicy:
+        """The retention policy applied on disk and in the registry."""
+        return self._keeper.policy
 
     def export(
         self,
@@ -383,50 +371,63 @@ class MLflowBestExporter(tf.estimator.BestExporter):
 
         candidate = self._candidate(eval_result, checkpoint_path)
         history = self._poll_history()
-        kept = self._ranked_exports(export_base, history)
-        best = kept[0].metrics if kept else None
-
-        # An eval whose step is kept was exported, even if its float32 history value
-        # differs by rounding from the float64 result stored with the export.
-        exported_steps = {e.step for e in kept}
-        earlier = EvalHistory(
-            [r for r in history.before(candidate.step) if r.step not in exported_steps]
+        # The one listing of this call: what is exported or deleted below is added to
+        # `kept` or taken out of it as it happens.
+        listed = exports_lib.list_exports(export_base)
+        kept = [
+            _candidate_of(e)
+            for e in exports_lib.resolve_exports(listed, history, self._export_steps)
+        ]
+        earlier = [
+            Candidate(r.step, r.metrics, r.wall_time, source=r.checkpoint_path)
+            for r in history.before(candidate.step)
+        ]
+        decision = self._keeper.decide(
+            kept,
+            earlier,
+            candidate,
+            lambda c: _existing_checkpoint(c.source, model_dir) is not None,
         )
-        for record in self._lost_bests(earlier, best, model_dir):
+        self._warn_unrecoverable(decision.unrecoverable)
+        best = decision.baseline
+        for lost in decision.recover:
             logger.warning(
                 "The eval at step %d (%s) beat every kept export but was never exported "
                 "(the process stopped first); exporting it now from %s.",
-                record.step,
-                _describe(record.metrics, self._compare_key),
-                record.checkpoint_path,
+                lost.step,
+                _describe(lost.metrics, self._compare_key),
+                lost.source,
             )
-            self._write_export(
-                estimator,
-                export_base,
-                Candidate(record.step, dict(record.metrics), record.checkpoint_path),
-                recovered=True,
+            checkpoint = _existing_checkpoint(lost.source, model_dir)
+            kept.append(
+                self._write_export(estimator, export_base, lost, checkpoint, recovered=True)
             )
-            best = record.metrics
+            best = lost
 
         new_export = None
-        if ranking.is_better(self._compare_fn, best, candidate.metrics):
+        described = _describe(best.metrics if best else None, self._compare_key)
+        if decision.export:
             logger.info(
                 "Exporting step %d: %s beats %s.",
                 candidate.step,
                 _describe(candidate.metrics, self._compare_key),
-                _describe(best, self._compare_key) if best is not None else "no kept export",
+                described if best is not None else "no kept export",
             )
-            new_export = self._write_export(estimator, export_base, candidate, recovered=False)
+            written = self._write_export(
+                estimator, export_base, candidate, checkpoint_path, recovered=False
+            )
+            kept.append(written)
+            new_export = written.source.path
         else:
             logger.info(
                 "Not exporting step %d: %s does not beat the best kept export (%s).",
                 candidate.step,
                 _describe(candidate.metrics, self._compare_key),
-                _describe(best, self._compare_key),
+                described,
             )
 
-        self._collect(export_base, history)
-        self._mirror(export_base, history, final=is_the_final_export)
+        remaining = self._retire(kept)
+        self._mirror(history, [c.source for c in remaining], final=is_the_final_export)
         return new_export
 
     # -- binding to a model directory ------------------------------------------------------
@@ -459,8 +460,7 @@ class MLflowBestExporter(tf.estimator.BestExporter):
                     run_name=self._run_name,
                     registered_model_name=self._registered_model_name,
                     alias=self._alias,
-                    compare_key=self._compare_key,
-                    compare_mode=_compare_mode(self._compare_fn),
+                    comparison=self._comparison,
                 ),
                 strict=self._strict,
             )
@@ -509,10 +509,9 @@ class MLflowBestExporter(tf.estimator.BestExporter):
 
     # -- the MLflow mirror ----------------------------------------------------------------
 
-    def _mirror(self, export_base: str, history: EvalHistory, *, final: bool) -> None:
+    def _mirror(self, history: EvalHistory, kept: list[Export], *, final: bool) -> None:
         if self._sync is None:
             return
-        kept = self._ranked_exports(export_base, history)
         self._sync.request(kept_snapshot(history, kept))
         if final:
             # The process is about to end: wait for MLflow so the run is complete.
@@ -549,68 +548,50 @@ class MLflowBestExporter(tf.estimator.BestExporter):
                 f"metric_bigger(key) for one of them."
             )
         step = _candidate_step(eval_result, checkpoint_path)
-        return Candidate(step, metrics, checkpoint_path)
+        return Candidate(step, metrics, time.time(), source=checkpoint_path)
 
     def _poll_history(self) -> EvalHistory:
         if self._history_reader is None:
             return EvalHistory([])
         return self._history_reader.poll()
 
-    def _ranked_exports(self, export_base: str, history: EvalHistory) -> list[Export]:
-        """This exporter's exports that can be ranked, best first."""
-        return exports_lib.rank_exports(
-            exports_lib.list_exports(export_base), history, self._compare_fn, self._export_steps
-        )
-
-    def _lost_bests(
-        self, earlier: EvalHistory, best: Mapping[str, float] | None, model_dir: str
-    ) -> list[EvalRecord]:
-        """Evals that beat every kept export, were never exported, and can still be."""
-        recoverable = []
-        for record in earlier.records:
-            checkpoint = _existing_checkpoint(record.checkpoint_path, model_dir)
-            if checkpoint is not None:
-                recoverable.append(
-                    EvalRecord(record.step, record.wall_time, record.metrics, checkpoint)
-                )
-        chain = ranking.new_bests(recoverable, best, self._compare_fn, lambda r: r.metrics)
-        unrecoverable = [
-            r
-            for r in ranking.new_bests(earlier.records, best, self._compare_fn, lambda r: r.metrics)
-            if _existing_checkpoint(r.checkpoint_path, model_dir) is None
-            and r.step not in self._unrecoverable_warned
-        ]
-        for record in unrecoverable:
+    def _warn_unrecoverable(self, lost: tuple[Candidate, ...]) -> None:
+        for record in lost:
+            if record.step in self._unrecoverable_warned:
+                continue
             self._unrecoverable_warned.add(record.step)
             logger.warning(
                 "The eval at step %d (%s) beat every kept export but was never exported, and "
                 "its checkpoint %s is gone; it cannot be recovered.",
                 record.step,
                 _describe(record.metrics, self._compare_key),
-                record.checkpoint_path,
+                record.source,
             )
-        # Only the last N of the chain would survive retention; exporting the rest is waste.
-        if self._exports_to_keep is not None:
-            chain = chain[-self._exports_to_keep :]
-        return chain
 
     # -- effects ------------------------------------------------------------------------
+
+    def _retire(self, kept: list[Candidate]) -> list[Candidate]:
+        """Delete the exports the policy does not keep; the rest, best first."""
+        doomed = self._keeper.retire(kept)
+        gone = {e.path for e in exports_lib.delete_exports(c.source for c in doomed)}
+        return self._keeper.rank(c for c in kept if c.source.path not in gone)
 
     def _write_export(
         self,
         estimator: tf.estimator.Estimator,
         export_base: str,
         candidate: Candidate,
+        checkpoint_path: str | None,
         *,
         recovered: bool,
-    ) -> str:
+    ) -> Candidate:
+        """Export ``candidate`` from ``checkpoint_path``; the export as the keeper sees it."""
         metadata = exports_lib.build_metadata(
             exporter_name=self.name,
             step=candidate.step,
             metrics=candidate.metrics,
-            checkpoint_path=candidate.checkpoint_path,
-            compare_key=self._compare_key,
-            compare_mode=_compare_mode(self._compare_fn),
+            checkpoint_path=checkpoint_path,
+            comparison=self._comparison,
             recovered=recovered,
         )
         with tempfile.TemporaryDirectory(prefix="mlflow_best_export-") as tmp:
@@ -632,17 +613,18 @@ class MLflowBestExporter(tf.estimator.BestExporter):
                     self._serving_input_receiver_fn,
                     assets_extra=assets_extra,
                     as_text=self._as_text,
-                    checkpoint_path=candidate.checkpoint_path,
+                    checkpoint_path=checkpoint_path,
                 )
             )
             if not atomic:
                 path = exports_lib.stage_export(path, export_base, _free_name(export_base, path))
-        return path
+        version = int(fs.split(path)[1])
+        return _candidate_of(exports_lib.export_from_metadata(path, version, metadata))
 
-    def _collect(self, export_base: str, history: EvalHistory) -> list[Export]:
-        ranked = self._ranked_exports(export_base, history)
-        keep = {e.path for e in self._retention.select(ranked)}
-        return exports_lib.delete_exports(e for e in ranked if e.path not in keep)
+
+def _candidate_of(export: Export) -> Candidate:
+    """An export as the keeper sees it: made at its timestamp name."""
+    return Candidate(export.step, export.metrics, float(export.version), source=export)
 
 
 def _describe(metrics: Mapping[str, float] | None, key: str | None) -> str:
@@ -651,13 +633,6 @@ def _describe(metrics: Mapping[str, float] | None, key: str | None) -> str:
     if key is not None and key in metrics:
         return f"{key}={metrics[key]:.6g}"
     return ", ".join(f"{k}={v:.6g}" for k, v in sorted(metrics.items()))
-
-
-def _compare_mode(compare_fn: ranking.CompareFn) -> str | None:
-    if ranking.compared_key(compare_fn) is None:
-        return None
-    # A compared key without a direction is the Estimator's own _loss_smaller.
-    return "max" if getattr(compare_fn, "higher_is_better", False) else "min"
 
 
 def _free_name(export_base: str, local_export: str) -> str:

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlflow_best_export import fs
+from mlflow_best_export.ranking import Comparison
 
 logger = logging.getLogger(__name__)
 
@@ -112,12 +113,18 @@ def build_metadata(
     step: int,
     metrics: Mapping[str, float],
     checkpoint_path: str | None,
-    compare_key: str | None,
-    compare_mode: str | None = None,
+    comparison: Comparison | None,
     recovered: bool = False,
 ) -> dict[str, Any]:
-    """The metadata stored in ``assets.extra/mlflow_best_export.json``."""
+    """The metadata stored in ``assets.extra/mlflow_best_export.json``.
+
+    ``comparison`` (None for a custom compare function) is recorded as
+    ``compare_key``, ``compare_mode`` and ``min_delta``, from which
+    ``Comparison.from_metadata`` rebuilds it.
+    """
     from mlflow_best_export._version import __version__
+
+    compared = comparison.to_metadata() if comparison else {"compare_key": None}
 
     return {
         "format": METADATA_FORMAT,
@@ -125,8 +132,7 @@ def build_metadata(
         "global_step": int(step),
         "eval_result": {k: _json_number(v) for k, v in sorted(metrics.items())},
         "checkpoint_path": checkpoint_path,
-        "compare_key": compare_key,
-        "compare_mode": compare_mode,
+        **compared,
         "recovered_after_crash": recovered,
         "export_time": time.time(),
         "host": socket.gethostname(),
@@ -158,7 +164,7 @@ def read_metadata(export_dir: str) -> dict[str, Any] | None:
     return metadata
 
 
-def _export_from_metadata(path: str, version: int, metadata: dict[str, Any]) -> Export:
+def export_from_metadata(path: str, version: int, metadata: dict[str, Any]) -> Export:
     try:
         metrics = {k: _from_json_number(v) for k, v in metadata["eval_result"].items()}
         step = int(metadata["global_step"])
@@ -193,7 +199,7 @@ def list_exports(export_base: str) -> list[Export]:
         if metadata is None:
             exports.append(Export(path=path, version=int(name)))
         else:
-            exports.append(_export_from_metadata(path, int(name), metadata))
+            exports.append(export_from_metadata(path, int(name), metadata))
     return exports
 
 
@@ -230,28 +236,22 @@ def with_history(export: Export, metrics: Mapping[str, float] | None, step: int 
     )
 
 
-def rank_exports(
-    exports: Iterable[Export],
-    history: Any,
-    compare_fn: Any,
-    steps: dict[str, int | None] | None = None,
+def resolve_exports(
+    exports: Iterable[Export], history: Any, steps: dict[str, int | None] | None = None
 ) -> list[Export]:
-    """The exports that can be ranked under ``compare_fn``, best first.
+    """The exports whose step and metrics are known, completed from the history.
 
-    Exports without metadata (made by the original class) are ranked by the
-    eval that the history holds for the ``global_step`` in their variables;
-    those that cannot be placed are left out (and so never deleted).
+    Exports without metadata (made by the original class) get the eval that the
+    history holds for the ``global_step`` in their variables; those that cannot
+    be placed are left out (and so are never deleted).
 
     Args:
       exports: the exports, e.g. from :func:`list_exports`.
       history: an ``EvalHistory`` (anything with ``get(step)``).
-      compare_fn: the compare function to rank by.
       steps: a cache of ``{export path: global step}`` kept between calls.
     """
-    from mlflow_best_export import ranking
-
     steps = {} if steps is None else steps
-    rankable = []
+    resolved = []
     for export in exports:
         if not export.ranked:
             if export.path not in steps:
@@ -260,24 +260,39 @@ def rank_exports(
             record = history.get(step) if step is not None else None
             if record is not None:
                 export = with_history(export, record.metrics, step)
-        if export.ranked and ranking.comparable(compare_fn, export.metrics):
-            rankable.append(export)
+        if export.ranked:
+            resolved.append(export)
+    return resolved
+
+
+def rank_exports(
+    exports: Iterable[Export],
+    history: Any,
+    compare_fn: Any,
+    steps: dict[str, int | None] | None = None,
+) -> list[Export]:
+    """The exports that can be ranked under ``compare_fn``, best first (see
+    :func:`resolve_exports` for exports without metadata)."""
+    from mlflow_best_export import ranking
+
+    rankable = [
+        e
+        for e in resolve_exports(exports, history, steps)
+        if ranking.comparable(compare_fn, e.metrics)
+    ]
     return ranking.rank_best_first(rankable, compare_fn, lambda e: e.metrics, lambda e: e.step)
 
 
-def compare_fn_of(exports: Iterable[Export]) -> Any:
-    """The compare function recorded in the newest export's metadata, or None.
+def compare_fn_of(exports: Iterable[Export]) -> Comparison | None:
+    """The comparison recorded in the newest export's metadata, or None.
 
-    Exports record the compared metric and its direction when the exporter
-    used ``loss_smaller``, ``metric_smaller`` or ``metric_bigger``.
+    Exports record it when the exporter used a ``Comparison`` (``loss_smaller``,
+    ``metric_smaller``, ``metric_bigger``).
     """
-    from mlflow_best_export import ranking
-
     for export in sorted(exports, key=lambda e: e.version, reverse=True):
-        key = export.metadata.get("compare_key")
-        mode = export.metadata.get("compare_mode")
-        if key and mode in ("min", "max"):
-            return ranking.metric_bigger(key) if mode == "max" else ranking.metric_smaller(key)
+        comparison = Comparison.from_metadata(export.metadata)
+        if comparison is not None:
+            return comparison
     return None
 
 

@@ -26,6 +26,7 @@ from typing import Any
 from mlflow_best_export import fs
 from mlflow_best_export.exports import Export
 from mlflow_best_export.history import EvalHistory, EvalRecord
+from mlflow_best_export.ranking import Comparison
 from mlflow_best_export.tracking import normalize_dir, redact_text
 
 logger = logging.getLogger(__name__)
@@ -109,8 +110,8 @@ class Mirror:
       run_name: the name of a run created here.
       registered_model_name: register kept exports under this name (None: do not register).
       alias: the alias moved to the best version.
-      compare_key: the compared metric, shown in version descriptions.
-      compare_mode: "min" or "max" for ``compare_key`` (for the run's figure).
+      comparison: how the exports were compared (None: a custom compare_fn);
+        its metric is shown in version descriptions and the run's figure.
     """
 
     def __init__(
@@ -125,8 +126,7 @@ class Mirror:
         run_name: str | None = None,
         registered_model_name: str | None = None,
         alias: str | None = "best",
-        compare_key: str | None = None,
-        compare_mode: str | None = None,
+        comparison: Comparison | None = None,
     ):
         self.model_dir = model_dir
         self.exporter_name = exporter_name
@@ -137,8 +137,7 @@ class Mirror:
         self._run_name = run_name
         self.registered_model_name = registered_model_name
         self.alias = alias if registered_model_name else None
-        self._compare_key = compare_key
-        self._compare_mode = compare_mode
+        self._comparison = comparison
         self._client = None
         self._run = None
         self._metrics = None
@@ -175,7 +174,7 @@ class Mirror:
                 exporter_name=self.exporter_name,
                 registered_model_name=self.registered_model_name,
                 alias=self.alias,
-                compare_key=self._compare_key,
+                compare_key=self._comparison.key if self._comparison else None,
             )
         return self._client
 
@@ -298,13 +297,14 @@ class Mirror:
         """Log the eval curve with the exports marked, as the run's ``eval_history.png``."""
         from mlflow_best_export.plots import history_figure
 
-        key = self._compare_key
+        comparison = self._comparison
+        key = comparison.key if comparison else None
         if key is None or not any(key in r.metrics for r in snapshot.history.records):
             return
         figure = history_figure(
             snapshot.history,
             key,
-            higher_is_better=self._compare_mode == "max",
+            higher_is_better=comparison.higher_is_better,
             kept_steps=[e.step for e in snapshot.kept if e.step is not None],
             title=f"{self.exporter_name}: {key} over steps, kept exports circled",
         )
@@ -534,10 +534,9 @@ def sync(
         event_file_pattern=event_file_pattern,
         compare_fn=compare_fn,
     )
-    key = mode = None
-    if snapshot.kept:
-        key = snapshot.kept[0].metadata.get("compare_key")
-        mode = snapshot.kept[0].metadata.get("compare_mode")
+    comparison = Comparison.of(compare_fn) if compare_fn is not None else None
+    if comparison is None and snapshot.kept:
+        comparison = Comparison.from_metadata(snapshot.kept[0].metadata)
     mirror = Mirror(
         model_dir=model_dir,
         exporter_name=exporter_name,
@@ -547,8 +546,7 @@ def sync(
         run_id=run_id,
         registered_model_name=registered_model_name,
         alias=alias,
-        compare_key=key,
-        compare_mode=mode,
+        comparison=comparison,
     )
     return mirror.sync(snapshot, progress)
 

@@ -6,7 +6,7 @@ import math
 from collections.abc import Iterable
 
 from mlflow_best_export.history import EvalHistory
-from mlflow_best_export.ranking import metric_bigger, metric_smaller, new_bests
+from mlflow_best_export.ranking import Comparison, new_bests
 
 
 def history_figure(
@@ -34,7 +34,7 @@ def history_figure(
     if not records:
         keys = sorted({k for r in history.records for k in r.metrics})
         raise ValueError(f"No eval record has the metric {metric!r}; the history has {keys}.")
-    compare_fn = metric_bigger(metric) if higher_is_better else metric_smaller(metric)
+    compare_fn = Comparison(metric, "max" if higher_is_better else "min")
     exported = new_bests(records, None, compare_fn, lambda r: r.metrics)
     kept = set(kept_steps)
 

@@ -1,10 +1,16 @@
-"""Compare functions, the NaN rules, and best-first ordering of eval results.
+"""How eval results compare: one ``Comparison`` value, the NaN rules, best-first order.
 
 A compare function has exactly the parameters ``best_eval_result`` and
 ``current_eval_result`` and returns True when the current result is better,
 which is the contract ``tf.estimator.BestExporter`` checks at construction.
-The ones made here also carry the metric key they compare (``metric_key``),
-so the exporter can apply the NaN rules and order exports without guessing.
+``Comparison`` is such a function and also says what it compares (metric key,
+direction, ``min_delta``), so the NaN rules, the ordering of exports and the
+metadata recorded with each export all come from the same value:
+
+    >>> metric_bigger("auc", min_delta=0.001)
+    Comparison(key='auc', direction='max', min_delta=0.001)
+
+Any other function with the contract's parameters is used pairwise.
 
 This module imports neither TensorFlow nor MLflow.
 """
@@ -14,149 +20,190 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 logger = logging.getLogger(__name__)
 
 CompareFn = Callable[..., bool]
+Direction = Literal["min", "max"]
 T = TypeVar("T")
 
 #: The parameters every compare function must have, and nothing else.
 COMPARE_FN_ARGS = ("best_eval_result", "current_eval_result")
-
-
-def _value(eval_result: Mapping[str, Any] | None, key: str, which: str) -> float:
-    if not eval_result or key not in eval_result:
-        keys = sorted(eval_result) if eval_result else []
-        raise ValueError(
-            f"{which} has no {key!r} to compare; it has the keys {keys}. "
-            f"Pass a compare_fn for a metric it has, e.g. metric_smaller('<key>')."
-        )
-    return float(eval_result[key])
+DIRECTIONS = ("min", "max")
 
 
 def _finite(value: float) -> bool:
     return not (math.isnan(value) or math.isinf(value))
 
 
-def _make_compare_fn(key: str, min_delta: float, bigger: bool) -> CompareFn:
-    def compare_fn(best_eval_result, current_eval_result):  # noqa: ANN001 - contract names
-        current = _value(current_eval_result, key, "current_eval_result")
-        best = _value(best_eval_result, key, "best_eval_result")
-        # A NaN or infinite candidate never wins, and a NaN best never blocks a finite one:
-        # with plain float comparisons a NaN best would make every comparison False forever.
+def _missing_key(key: str, eval_result: Mapping[str, Any] | None, which: str) -> ValueError:
+    keys = sorted(eval_result) if eval_result else []
+    return ValueError(
+        f"{which} has no {key!r} to compare; it has the keys {keys}. "
+        f"Pass a compare_fn for a metric it has, e.g. metric_smaller('<key>')."
+    )
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The metric that decides, which way is better, and by how much it must be.
+
+    A ``Comparison`` is itself a compare function for
+    ``MLflowBestExporter(compare_fn=...)``: ``comparison(best_eval_result=...,
+    current_eval_result=...)`` is True when the current result is better by
+    more than ``min_delta``. A NaN or infinite current value never wins; a NaN
+    best is beaten by any finite current value (with plain float comparisons a
+    NaN best would block every later export).
+
+    Attributes:
+      key: the eval metric compared, e.g. ``"loss"`` or ``"auc"``.
+      direction: ``"min"`` (smaller is better) or ``"max"``.
+      min_delta: how much better the current value must be (>= 0). It decides
+        whether a new result is worth exporting; orderings ignore it.
+
+    Raises:
+      ValueError: for an empty key, an unknown direction or a negative or
+        non-finite ``min_delta``.
+    """
+
+    key: str = "loss"
+    direction: Direction = "min"
+    min_delta: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.key, str) or not self.key:
+            raise ValueError(f"key must be a non-empty metric name, got {self.key!r}.")
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"direction must be 'min' or 'max', got {self.direction!r}.")
+        delta = self.min_delta
+        if isinstance(delta, bool) or not isinstance(delta, int | float):
+            raise ValueError(f"min_delta must be a number >= 0, got {delta!r}.")
+        if not _finite(float(delta)) or delta < 0:
+            raise ValueError(f"min_delta must be a finite number >= 0, got {delta!r}.")
+        object.__setattr__(self, "min_delta", float(delta))
+
+    @property
+    def higher_is_better(self) -> bool:
+        """True for ``direction="max"``."""
+        return self.direction == "max"
+
+    def __call__(self, best_eval_result, current_eval_result) -> bool:  # noqa: ANN001 - contract
+        """True when ``current_eval_result`` is better than ``best_eval_result``.
+
+        Raises:
+          ValueError: if either result lacks ``key``; the message names its keys.
+        """
+        current = self.value_of(current_eval_result, "current_eval_result")
+        best = self.value_of(best_eval_result, "best_eval_result")
         if not _finite(current):
             return False
         if math.isnan(best):
             return True
-        return current > best + min_delta if bigger else current < best - min_delta
+        if self.higher_is_better:
+            return current > best + self.min_delta
+        return current < best - self.min_delta
 
-    direction = "bigger" if bigger else "smaller"
-    compare_fn.__name__ = f"metric_{direction}_{key}"
-    compare_fn.__qualname__ = compare_fn.__name__
-    compare_fn.__doc__ = f"True when {key!r} is {direction} by more than {min_delta}."
-    compare_fn.metric_key = key  # type: ignore[attr-defined]
-    compare_fn.higher_is_better = bigger  # type: ignore[attr-defined]
-    compare_fn.min_delta = min_delta  # type: ignore[attr-defined]
-    return compare_fn
+    def value_of(self, eval_result: Mapping[str, Any] | None, which: str = "eval_result") -> float:
+        """``eval_result[key]`` as a float.
+
+        Raises:
+          ValueError: if the result lacks ``key``; the message names its keys.
+        """
+        if not eval_result or self.key not in eval_result:
+            raise _missing_key(self.key, eval_result, which)
+        return float(eval_result[self.key])
+
+    def sort_key(self, eval_result: Mapping[str, Any]) -> tuple[int, float]:
+        """Best first: finite values by goodness, then infinite, then NaN or missing."""
+        try:
+            value = float(eval_result[self.key])
+        except (KeyError, TypeError, ValueError):
+            return (2, 0.0)
+        if math.isnan(value):
+            return (2, 0.0)
+        if math.isinf(value):
+            return (1, 0.0)
+        return (0, -value if self.higher_is_better else value)
+
+    def to_metadata(self) -> dict[str, Any]:
+        """What an export and a registry version record about how they were ranked."""
+        return {
+            "compare_key": self.key,
+            "compare_mode": self.direction,
+            "min_delta": self.min_delta,
+        }
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any]) -> Comparison | None:
+        """The comparison ``to_metadata`` recorded, or None when none was (a custom compare_fn)."""
+        key, direction = metadata.get("compare_key"), metadata.get("compare_mode")
+        if not key or direction not in DIRECTIONS:
+            return None
+        try:
+            return cls(str(key), direction, float(metadata.get("min_delta") or 0.0))
+        except (TypeError, ValueError):
+            return cls(str(key), direction)
+
+    @classmethod
+    def of(cls, compare_fn: Any) -> Comparison | None:
+        """The comparison a compare function makes, when it can be known.
+
+        Known for a ``Comparison`` and for TensorFlow's own default
+        (``_loss_smaller``); None for any other function, which is used pairwise.
+        """
+        if isinstance(compare_fn, Comparison):
+            return compare_fn
+        if getattr(compare_fn, "__name__", "") == "_loss_smaller" and "tensorflow_estimator" in (
+            getattr(compare_fn, "__module__", "") or ""
+        ):
+            return loss_smaller
+        return None
 
 
-def _check_min_delta(min_delta: float) -> float:
-    if isinstance(min_delta, bool) or not isinstance(min_delta, int | float):
-        raise ValueError(f"min_delta must be a number >= 0, got {min_delta!r}.")
-    if not _finite(float(min_delta)) or min_delta < 0:
-        raise ValueError(f"min_delta must be a finite number >= 0, got {min_delta!r}.")
-    return float(min_delta)
-
-
-def _check_key(key: str) -> str:
-    if not isinstance(key, str) or not key:
-        raise ValueError(f"key must be a non-empty metric name, got {key!r}.")
-    return key
-
-
-def metric_smaller(key: str, min_delta: float = 0.0) -> CompareFn:
-    """Make a compare function under which a smaller ``key`` is better.
+def metric_smaller(key: str, min_delta: float = 0.0) -> Comparison:
+    """A compare function under which a smaller ``key`` is better.
 
     Args:
       key: the eval metric to compare, e.g. ``"loss"`` or ``"average_loss"``.
       min_delta: how much smaller the current value must be to count as better.
 
     Returns:
-      A function of ``(best_eval_result, current_eval_result)`` for
-      ``MLflowBestExporter(compare_fn=...)``. A NaN or infinite current value is
-      never better; a NaN best value is beaten by any finite current value.
+      ``Comparison(key, "min", min_delta)``, for ``MLflowBestExporter(compare_fn=...)``.
 
     Raises:
       ValueError: if ``key`` is empty or ``min_delta`` is negative or not finite.
-      The returned function raises ValueError, naming the keys present, when an
-      eval result lacks ``key``.
     """
-    return _make_compare_fn(_check_key(key), _check_min_delta(min_delta), bigger=False)
+    return Comparison(key, "min", min_delta)
 
 
-def metric_bigger(key: str, min_delta: float = 0.0) -> CompareFn:
-    """Make a compare function under which a bigger ``key`` is better.
+def metric_bigger(key: str, min_delta: float = 0.0) -> Comparison:
+    """A compare function under which a bigger ``key`` is better.
 
     Args:
       key: the eval metric to compare, e.g. ``"accuracy"`` or ``"auc"``.
       min_delta: how much bigger the current value must be to count as better.
 
     Returns:
-      A function of ``(best_eval_result, current_eval_result)`` with the same
-      NaN rules as :func:`metric_smaller`.
+      ``Comparison(key, "max", min_delta)``.
 
     Raises:
       ValueError: if ``key`` is empty or ``min_delta`` is negative or not finite.
     """
-    return _make_compare_fn(_check_key(key), _check_min_delta(min_delta), bigger=True)
+    return Comparison(key, "max", min_delta)
 
 
-_loss_smaller = _make_compare_fn("loss", 0.0, bigger=False)
-
-
-def loss_smaller(best_eval_result, current_eval_result) -> bool:  # noqa: ANN001 - contract names
-    """True when the current ``loss`` is smaller: the default ``compare_fn``.
-
-    The same contract as ``tf.estimator.BestExporter``'s default, plus the NaN
-    rules of :func:`metric_smaller`.
-
-    Args:
-      best_eval_result: eval metrics of the best model so far.
-      current_eval_result: eval metrics of the candidate.
-
-    Returns:
-      True if the candidate's loss is smaller (and finite).
-
-    Raises:
-      ValueError: if either result is empty or has no ``loss``; the message
-        names the keys it has.
-    """
-    return _loss_smaller(best_eval_result=best_eval_result, current_eval_result=current_eval_result)
-
-
-loss_smaller.metric_key = "loss"  # type: ignore[attr-defined]
-loss_smaller.higher_is_better = False  # type: ignore[attr-defined]
-loss_smaller.min_delta = 0.0  # type: ignore[attr-defined]
+#: The default compare function: a smaller ``loss`` is better (as in
+#: ``tf.estimator.BestExporter``), with the NaN rules of ``Comparison``.
+loss_smaller = Comparison("loss", "min")
 
 
 def compared_key(compare_fn: CompareFn) -> str | None:
-    """The metric key a compare function compares, when it can be known.
-
-    Known for the functions of this module and for TensorFlow's own default
-    (``_loss_smaller``, which compares ``loss``); ``None`` for any other
-    user function.
-    """
-    key = getattr(compare_fn, "metric_key", None)
-    if isinstance(key, str):
-        return key
-    if getattr(compare_fn, "__name__", "") == "_loss_smaller" and "tensorflow_estimator" in (
-        getattr(compare_fn, "__module__", "") or ""
-    ):
-        return "loss"
-    return None
+    """The metric key a compare function compares, or None for a user function."""
+    comparison = Comparison.of(compare_fn)
+    return comparison.key if comparison else None
 
 
 def check_compare_fn(compare_fn: Any) -> CompareFn:
@@ -246,21 +293,6 @@ def comparable(compare_fn: CompareFn, eval_result: Mapping[str, Any]) -> bool:
     return key is None or key in eval_result
 
 
-def _sort_value(compare_fn: CompareFn, metrics: Mapping[str, Any]) -> tuple[int, float] | None:
-    key = compared_key(compare_fn)
-    if key is None or not hasattr(compare_fn, "higher_is_better"):
-        return None
-    try:
-        value = float(metrics[key])
-    except (KeyError, TypeError, ValueError):
-        return (2, 0.0)
-    if math.isnan(value):
-        return (2, 0.0)
-    if math.isinf(value):
-        return (1, 0.0)
-    return (0, -value if compare_fn.higher_is_better else value)
-
-
 def rank_best_first(
     items: Iterable[T],
     compare_fn: CompareFn,
@@ -285,8 +317,9 @@ def rank_best_first(
       A new list, best first.
     """
     items = list(items)
-    if all(_sort_value(compare_fn, metrics_of(item)) is not None for item in items):
-        return sorted(items, key=lambda i: (_sort_value(compare_fn, metrics_of(i)), -step_of(i)))
+    comparison = Comparison.of(compare_fn)
+    if comparison is not None:
+        return sorted(items, key=lambda i: (comparison.sort_key(metrics_of(i)), -step_of(i)))
 
     def cmp(a: T, b: T) -> int:
         if is_better(compare_fn, metrics_of(b), metrics_of(a)):
@@ -327,38 +360,3 @@ def new_bests(
             chain.append(item)
             best = metrics
     return chain
-
-
-@dataclass(frozen=True)
-class KeepAll:
-    """Retention that keeps every export (``exports_to_keep=None``)."""
-
-    def select(self, ranked: Sequence[T]) -> list[T]:
-        """Everything is kept."""
-        return list(ranked)
-
-
-@dataclass(frozen=True)
-class KeepBestN:
-    """Retention that keeps the ``n`` best exports of a best-first ranking."""
-
-    n: int
-
-    def __post_init__(self) -> None:
-        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n <= 0:
-            raise ValueError(
-                f"`exports_to_keep`, if provided, must be a positive integer; got {self.n!r}. "
-                f"Use None to keep every export."
-            )
-
-    def select(self, ranked: Sequence[T]) -> list[T]:
-        """The first ``n`` of a best-first ranking."""
-        return list(ranked[: self.n])
-
-
-RetentionPolicy = KeepAll | KeepBestN
-
-
-def retention_policy(exports_to_keep: int | None) -> RetentionPolicy:
-    """The retention policy for BestExporter's ``exports_to_keep`` argument."""
-    return KeepAll() if exports_to_keep is None else KeepBestN(exports_to_keep)

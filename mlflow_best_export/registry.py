@@ -25,13 +25,18 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from mlflow_best_export import retention
 from mlflow_best_export.exports import Export
+from mlflow_best_export.keeper import Keeper
+from mlflow_best_export.ranking import Comparison
+from mlflow_best_export.retention import Candidate, RetentionPolicy
 from mlflow_best_export.tracking import TAG_EXPORTER, TAG_KEY, TAG_PREFIX, normalize_dir
 
 logger = logging.getLogger(__name__)
 
 #: Our bookkeeping on LoggedModels and versions, one JSON object: exporter, export_dir,
-#: compare_key, compare_mode. (Stores of the first release have them as separate tags.)
+#: and the ``Comparison.to_metadata`` keys (compare_key, compare_mode, min_delta).
+#: (Stores of the first release have them as separate tags.)
 TAG_INFO = TAG_PREFIX.rstrip(".")
 TAG_EXPORT_DIR = TAG_PREFIX + "export_dir"  # the first release's tag, still read
 TAG_STEP = "global_step"
@@ -375,10 +380,10 @@ def model_tags(export: Export, key: str, exporter_name: str) -> dict[str, str]:
     ``checkpoint_path``, ``metric.<name>``); the key (searched by) stands
     alone too, and the rest of the bookkeeping is one JSON tag, ``TAG_INFO``.
     """
-    info = {"exporter": exporter_name, "export_dir": normalize_dir(export.path)}
-    for name in ("compare_key", "compare_mode"):
-        if export.metadata.get(name):
-            info[name] = str(export.metadata[name])
+    info: dict[str, Any] = {"exporter": exporter_name, "export_dir": normalize_dir(export.path)}
+    comparison = Comparison.from_metadata(export.metadata)
+    if comparison is not None:
+        info.update(comparison.to_metadata())
     tags = {
         TAG_KEY: key,
         TAG_INFO: json.dumps(info, sort_keys=True),
@@ -580,42 +585,47 @@ def all_versions(client: MlflowClient, name: str) -> list[tuple[VersionEntry, di
     return sorted(found, key=lambda item: int(item[0].version))
 
 
-def gc_plan(client: MlflowClient, name: str, keep: int) -> GcPlan:
-    """Which versions of ``name`` fall outside the ``keep`` best of their exporter.
+def gc_plan(client: MlflowClient, name: str, policy: RetentionPolicy | int) -> GcPlan:
+    """Which versions of ``name`` the retention policy does not keep, per exporter.
 
-    Only versions this package created and whose tags say how they rank are
-    considered; a version with any alias is never deleted.
+    Only versions this package created and whose tags say how they rank (the
+    ``Comparison`` their exporter recorded) are considered; each exporter's
+    versions are ranked by that comparison and given to ``policy`` (an int N
+    means ``KeepBestN(N)``). A version with any alias is never deleted.
     """
-    groups: dict[str, list[tuple[VersionEntry, dict[str, str], float, int]]] = {}
+    policy = retention.retention_policy(policy)
+    groups: dict[str, list[Candidate]] = {}
+    comparisons: dict[str, Comparison] = {}
     for entry, tags in all_versions(client, name):
         key = tags.get(TAG_KEY)
-        info = info_of(tags)
-        metric = info.get("compare_key")
-        mode = info.get("compare_mode")
-        raw = tags.get(TAG_METRIC_PREFIX + metric) if metric else None
-        if not key or mode not in ("min", "max") or raw is None:
+        comparison = Comparison.from_metadata(info_of(tags))
+        raw = tags.get(TAG_METRIC_PREFIX + comparison.key) if comparison else None
+        if not key or raw is None:
             continue
-        value = float(raw)
-        if not math.isfinite(value):
-            value = math.inf
-        elif mode == "max":
-            value = -value
-        tags = {**tags, **{f"{TAG_PREFIX}{k}": v for k, v in info.items()}}
-        groups.setdefault(key, []).append((entry, tags, value, int(tags.get(TAG_STEP, 0))))
+        comparisons[key] = comparison
+        groups.setdefault(key, []).append(
+            Candidate(
+                step=int(tags.get(TAG_STEP, 0)),
+                metrics={comparison.key: float(raw)},
+                time=float(entry.version),  # versions are numbered in creation order
+                source=(entry, tags),
+            )
+        )
     delete: list[tuple[VersionEntry, str]] = []
     protected: list[VersionEntry] = []
-    for members in groups.values():
-        members.sort(key=lambda m: (m[2], -m[3]))
-        for entry, tags, _, step in members[keep:]:
+    for key, members in groups.items():
+        keeper = Keeper(comparisons[key], policy)
+        for doomed in keeper.retire(members):
+            entry, tags = doomed.source
             if entry.aliases:
                 protected.append(entry)
                 continue
-            metric = tags[TAG_PREFIX + "compare_key"]
+            metric = comparisons[key].key
             delete.append(
                 (
                     entry,
-                    f"step {step}, {metric}={tags[TAG_METRIC_PREFIX + metric]}: not among the "
-                    f"{keep} best of exporter {tags.get(TAG_EXPORTER, '?')}",
+                    f"step {doomed.step}, {metric}={tags[TAG_METRIC_PREFIX + metric]}: not kept "
+                    f"by {policy!r} for exporter {info_of(tags).get('exporter', '?')}",
                 )
             )
     return GcPlan(delete=tuple(delete), protected=tuple(protected))

@@ -21,13 +21,24 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Anything that falls back to MLflow's default store must not touch the checkout: the
 # default store of this test session is a SQLite file in a private temp directory.
 _DEFAULT_STORE = tempfile.mkdtemp(prefix="mlflow-best-export-tests-")
-if "MLFLOW_TRACKING_URI" not in os.environ:
+_CREATE_DEFAULT_STORE = "MLFLOW_TRACKING_URI" not in os.environ
+if _CREATE_DEFAULT_STORE:
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_DEFAULT_STORE}/mlflow.db"
-    # Create it now, with its Default experiment's artifacts in the temp directory too:
-    # whichever process created it first would otherwise put them under its ./mlruns.
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-    SqlAlchemyStore(os.environ["MLFLOW_TRACKING_URI"], f"{_DEFAULT_STORE}/artifacts")
+#: Test modules that must run without TensorFlow and MLflow (the pure core).
+PURE_MODULES = {"test_keeper"}
+
+
+def pytest_runtest_setup(item):
+    global _CREATE_DEFAULT_STORE
+    if _CREATE_DEFAULT_STORE and item.module.__name__.rsplit(".", 1)[-1] not in PURE_MODULES:
+        _CREATE_DEFAULT_STORE = False
+        # Create the store before any test runs a child process, with its Default
+        # experiment's artifacts in the temp directory too: whichever process created it
+        # first would otherwise put them under its ./mlruns.
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        SqlAlchemyStore(os.environ["MLFLOW_TRACKING_URI"], f"{_DEFAULT_STORE}/artifacts")
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""The compare functions, the NaN rules, ordering and retention policies (no TensorFlow)."""
+"""The compare functions, the NaN rules and ordering (retention: tests/test_keeper.py)."""
 
 import functools
 import math
@@ -54,11 +54,11 @@ def test_metric_bigger(best, current, expected):
 
 def test_min_delta_needs_a_real_improvement():
     smaller = metric_smaller("loss", min_delta=0.1)
-    assert not smaller(best_eval_result={"loss": 1.0}, current_eval_result={"loss": 0.95})
-    assert smaller(best_eval_result={"loss": 1.0}, current_eval_result={"loss": 0.85})
+    assert smaller(best_eval_result={"loss": 1.0}, current_eval_result={"loss": 0.95}) is False
+    assert smaller(best_eval_result={"loss": 1.0}, current_eval_result={"loss": 0.85}) is True
     bigger = metric_bigger("acc", min_delta=0.01)
-    assert not bigger(best_eval_result={"acc": 0.90}, current_eval_result={"acc": 0.905})
-    assert bigger(best_eval_result={"acc": 0.90}, current_eval_result={"acc": 0.92})
+    assert bigger(best_eval_result={"acc": 0.90}, current_eval_result={"acc": 0.905}) is False
+    assert bigger(best_eval_result={"acc": 0.90}, current_eval_result={"acc": 0.92}) is True
 
 
 def test_missing_key_names_the_keys_present():
@@ -86,8 +86,8 @@ def test_compare_functions_pass_the_original_argument_check():
     from tensorflow_estimator.python.estimator import exporter as tf_exporter
 
     for fn in (loss_smaller, metric_smaller("loss"), metric_bigger("auc", 0.01)):
-        tf_exporter._verify_compare_fn_args(fn)
-        ranking.check_compare_fn(fn)
+        assert tf_exporter._verify_compare_fn_args(fn) is None  # raises ValueError otherwise
+        assert ranking.check_compare_fn(fn) is fn
 
 
 def test_compared_key():
@@ -127,8 +127,10 @@ def test_check_compare_fn_accepts_partials_and_methods():
         def better(self, best_eval_result, current_eval_result):
             return True
 
-    ranking.check_compare_fn(Judge().better)
-    ranking.check_compare_fn(functools.partial(_three_args, extra=1))
+    method = Judge().better
+    partial = functools.partial(_three_args, extra=1)
+    assert ranking.check_compare_fn(method) is method
+    assert ranking.check_compare_fn(partial) is partial
 
 
 def test_is_better_calls_by_keyword():
@@ -138,14 +140,14 @@ def test_is_better_calls_by_keyword():
         calls.append((best_eval_result, current_eval_result))
         return current_eval_result["auc"] > best_eval_result["auc"]
 
-    assert ranking.is_better(fn, {"auc": 0.5}, {"auc": 0.6})
+    assert ranking.is_better(fn, {"auc": 0.5}, {"auc": 0.6}) is True
     assert calls == [({"auc": 0.5}, {"auc": 0.6})]
 
 
 def test_is_better_with_no_best():
-    assert ranking.is_better(loss_smaller, None, {"loss": 3.0})
-    assert not ranking.is_better(loss_smaller, None, {"loss": NAN})
-    assert ranking.is_better(_user_fn, None, {"auc": 0.1})
+    assert ranking.is_better(loss_smaller, None, {"loss": 3.0}) is True
+    assert ranking.is_better(loss_smaller, None, {"loss": NAN}) is False
+    assert ranking.is_better(_user_fn, None, {"auc": 0.1}) is True
 
 
 def _rank(items, fn):
@@ -185,12 +187,3 @@ def test_new_bests_skips_records_a_user_compare_fn_cannot_read():
     items = [(1, {"auc": 0.5}), (2, {"loss": 1.0}), (3, {"auc": 0.7})]
     chain = ranking.new_bests(items, None, _user_fn, lambda i: i[1])
     assert [s for s, _ in chain] == [1, 3]
-
-
-def test_retention_policies():
-    assert ranking.retention_policy(None).select([3, 2, 1]) == [3, 2, 1]
-    assert ranking.retention_policy(2).select([3, 2, 1]) == [3, 2]
-    assert repr(ranking.KeepBestN(2)) == "KeepBestN(n=2)"
-    for bad in (0, -1, 1.5, True):
-        with pytest.raises(ValueError, match="exports_to_keep"):
-            ranking.retention_policy(bad)

@@ -8,6 +8,7 @@ from mlflow.tracking import MlflowClient
 
 from mlflow_best_export import registry
 from mlflow_best_export.exports import Export
+from mlflow_best_export.retention import KeepBestN
 
 KEY = "0123456789abcdef0123"
 
@@ -43,6 +44,7 @@ def test_new_tags_fold_the_bookkeeping_into_one_json_tag():
         "export_dir": "/m/export/best_exporter/1700000000",
         "compare_key": "loss",
         "compare_mode": "min",
+        "min_delta": 0.0,
     }
     assert tags["global_step"] == "12" and tags["checkpoint_path"] == "/m/model.ckpt-12"
     assert tags["metric.loss"] == "0.5" and tags["metric.auc"] == "0.9"
@@ -57,6 +59,6 @@ def test_versions_with_the_first_releases_tags_are_found_and_ranked(tmp_path):
         )
     found = registry.find_versions(client, "old", KEY)
     assert [v.export_dir for v in found] == ["/m/e/2", "/m/e/4", "/m/e/6"]
-    plan = registry.gc_plan(client, "old", keep=2)
+    plan = registry.gc_plan(client, "old", KeepBestN(2))
     [(doomed, reason)] = plan.delete
     assert doomed.export_dir == "/m/e/2" and "loss=3.0" in reason

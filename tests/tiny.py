@@ -241,10 +241,10 @@ def _install_kill(exporter_cls, point: str, at_step: int):
                 self.flush()
             return result
 
-        def _collect(self, export_base, history):
+        def _retire(self, kept):
             if point == "before_retention" and self._current_step == at_step:
                 _kill_self()  # the export is on disk; retention never ran
-            return super()._collect(export_base, history)
+            return super()._retire(kept)
 
     if point == "in_savedmodel_write":
         import tensorflow as tf
