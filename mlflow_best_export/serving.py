@@ -1,25 +1,20 @@
-"""An MLflow model flavor and pyfunc loader for Estimator SavedModels.
-
-MLflow 3's ``mlflow.tensorflow`` no longer logs a SavedModel directory, so this
-module does it: :func:`save_model` writes an MLflow model directory holding the
-whole export (``assets.extra/`` included), with a model signature read from
-the SavedModel's serving signature, and :func:`log_model` turns that into a
-READY LoggedModel through an explicit ``MlflowClient``. The MLmodel file names
-this module as the pyfunc loader, so ``mlflow.pyfunc.load_model`` and
-``mlflow models serve`` work on what it logs.
+"""The pyfunc loader of logged exports: columns in, the SavedModel's graph, a frame out.
 
 Both kinds of serving input receiver are served from plain columns:
 
 - raw tensors (``build_raw_serving_input_receiver_fn``): each column feeds the
-  signature input of the same name;
-- parsing (``build_parsing_serving_input_receiver_fn``): the single string
-  input takes serialized ``tf.Example`` protos; the loader builds them from the
-  columns, with the feature spec it reads from the graph's ``ParseExample`` op.
-  The MLflow signature then lists those features, not the string input.
+  signature input of the same name, without a copy where the dtype allows;
+- parsing (``build_parsing_serving_input_receiver_fn``): dense and
+  variable-length features are fed below the graph's ``ParseExample`` op, as
+  the batches it would have made; other features are serialized into
+  ``tf.Example`` protos with the feature spec read from the graph.
 
 Predictions come back as a DataFrame with one column per signature output: a
 scalar when the output has one value per example (shape ``[batch]`` or
 ``[batch, 1]``), a (nested) list per row otherwise; strings are decoded.
+
+The signature reading lives in ``signature`` and the flavor in ``flavor``;
+their public names are importable from here too, as before the split.
 """
 
 from __future__ import annotations
@@ -27,624 +22,36 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
-import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from mlflow_best_export import fs
-from mlflow_best_export._version import __version__
-
-if TYPE_CHECKING:
-    import mlflow
-    from mlflow.entities import LoggedModel
-    from mlflow.models import ModelSignature
-    from mlflow.tracking import MlflowClient
+from mlflow_best_export.flavor import (  # noqa: F401 - the names of this module before the split
+    FLAVOR_NAME,
+    MODEL_TYPE,
+    PACKAGE_NAME,
+    SAVED_MODEL_SUBPATH,
+    get_default_pip_requirements,
+    log_model,
+    save_model,
+)
+from mlflow_best_export.signature import (  # noqa: F401 - likewise
+    DEFAULT_SIGNATURE_KEY,
+    PREDICT_SIGNATURE_KEY,
+    Feature,
+    ServingSignature,
+    TensorInfo,
+    node_name,
+    one_value_per_row,
+    parse_node_fed_by,
+    serving_meta_graph,
+    signature_in,
+    signature_of,
+)
 
 logger = logging.getLogger(__name__)
-
-FLAVOR_NAME = "mlflow_best_export"
-"""The MLmodel flavor entry written next to ``python_function``."""
-
-SAVED_MODEL_SUBPATH = "data/saved_model"
-"""Where the SavedModel is copied inside the MLflow model directory (``pyfunc.save_model``
-puts its data path under ``data/``; models of the first release have ``saved_model/``)."""
-
-MODEL_TYPE = "tensorflow-estimator"
-"""The ``model_type`` of the LoggedModels :func:`log_model` creates."""
-
-DEFAULT_SIGNATURE_KEY = "serving_default"
-PREDICT_SIGNATURE_KEY = "predict"
-PACKAGE_NAME = "mlflow-best-export"
-
-_PARSE_OPS = ("ParseExampleV2", "ParseExample")
-# Canned Estimators' classify/regress signatures take serialized tf.Examples by contract.
-_EXAMPLE_METHODS = ("tensorflow/serving/classify", "tensorflow/serving/regress")
-
-
-# -- the signature of a SavedModel -----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """One input or output of a serving signature.
-
-    Attributes:
-      name: the key in the signature (the column name).
-      dtype: TensorFlow dtype name, e.g. ``"float32"``, ``"int64"``, ``"string"``.
-      shape: dimensions with None for unknown ones, batch first; None when the
-        rank itself is unknown.
-    """
-
-    name: str
-    dtype: str
-    shape: tuple[int | None, ...] | None
-
-    @property
-    def row_shape(self) -> tuple[int | None, ...] | None:
-        """The shape of one example (the shape without the batch dimension)."""
-        return None if self.shape is None else self.shape[1:]
-
-
-@dataclass(frozen=True)
-class Feature:
-    """One feature a parsing receiver reads from each ``tf.Example``.
-
-    Attributes:
-      name: the feature key (the column name).
-      dtype: ``"float32"``, ``"int64"`` or ``"string"``.
-      kind: ``"dense"`` (``FixedLenFeature``), ``"sparse"`` (``VarLenFeature``)
-        or ``"ragged"``.
-      shape: the per-example shape of a dense feature, None for unknown
-        dimensions; ``()`` for sparse and ragged features.
-      required: False when the graph supplies a default or the feature may be
-        absent.
-    """
-
-    name: str
-    dtype: str
-    kind: str
-    shape: tuple[int | None, ...]
-    required: bool
-
-
-@dataclass(frozen=True)
-class ServingSignature:
-    """What a SavedModel's serving signature takes and gives.
-
-    Attributes:
-      key: the signature key used (``serving_default`` unless told otherwise).
-      method_name: e.g. ``tensorflow/serving/predict``.
-      inputs: the signature's inputs, by name.
-      outputs: the signature's outputs, by name.
-      examples_input: the name of the string input holding serialized
-        ``tf.Example`` protos, for parsing receivers; None for raw receivers.
-      features: the features parsed from those examples, when the graph tells
-        them; None otherwise (columns are then encoded by their dtype).
-    """
-
-    key: str
-    method_name: str
-    inputs: tuple[TensorInfo, ...]
-    outputs: tuple[TensorInfo, ...]
-    examples_input: str | None = None
-    features: tuple[Feature, ...] | None = None
-
-    @property
-    def parses_examples(self) -> bool:
-        """True for a parsing receiver (inputs are serialized ``tf.Example``s)."""
-        return self.examples_input is not None
-
-    def to_model_signature(self) -> ModelSignature:
-        """The MLflow signature: the columns clients send and the columns they get.
-
-        Input types are what a JSON or pandas client naturally sends (double for
-        any float, long for any integer); the loader casts to the tensor's dtype.
-        """
-        from mlflow.models import ModelSignature
-        from mlflow.types.schema import ColSpec, Schema
-
-        if self.parses_examples:
-            if self.features is None:
-                inputs = None  # the columns are whatever the client sends
-            else:
-                inputs = Schema([_feature_column(f) for f in self.features])
-        else:
-            inputs = Schema(
-                [ColSpec(_column_type(t.dtype, t.row_shape), t.name) for t in self.inputs]
-            )
-        outputs = Schema(
-            [ColSpec(_column_type(t.dtype, t.row_shape, exact=True), t.name) for t in self.outputs]
-        )
-        return ModelSignature(inputs=inputs, outputs=outputs)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A YAML-friendly description, recorded in the MLmodel flavor entry."""
-
-        def tensors(infos: Sequence[TensorInfo]) -> list[dict[str, Any]]:
-            return [
-                {
-                    "name": t.name,
-                    "dtype": t.dtype,
-                    "shape": None if t.shape is None else [-1 if d is None else d for d in t.shape],
-                }
-                for t in infos
-            ]
-
-        described: dict[str, Any] = {
-            "signature_key": self.key,
-            "method_name": self.method_name,
-            "receiver": "parsing" if self.parses_examples else "raw",
-            "inputs": tensors(self.inputs),
-            "outputs": tensors(self.outputs),
-        }
-        if self.features is not None:
-            described["features"] = [
-                {
-                    "name": f.name,
-                    "dtype": f.dtype,
-                    "kind": f.kind,
-                    "shape": [-1 if d is None else d for d in f.shape],
-                    "required": f.required,
-                }
-                for f in self.features
-            ]
-        return described
-
-
-def signature_of(
-    export_dir: str | os.PathLike, signature_key: str | None = None
-) -> ServingSignature:
-    """Read the serving signature of an Estimator SavedModel without loading it.
-
-    Args:
-      export_dir: the SavedModel directory (``saved_model.pb`` or
-        ``saved_model.pbtxt``), local or any filesystem ``tf.io.gfile`` reads.
-      signature_key: the signature to read; by default ``serving_default``,
-        else ``predict`` (canned Estimators exported with a raw receiver have
-        only that), else the only signature there is.
-
-    Returns:
-      The :class:`ServingSignature`.
-
-    Raises:
-      ValueError: if there is no SavedModel with a ``serve`` graph, or the
-        signature cannot be chosen.
-    """
-    export_dir = os.fspath(export_dir)
-    return _signature_in(_serving_meta_graph(export_dir), signature_key, export_dir)
-
-
-def _signature_in(meta_graph: Any, signature_key: str | None, export_dir: str) -> ServingSignature:
-    """:func:`signature_of` for a meta graph already read."""
-    key = _choose_signature_key(meta_graph.signature_def, signature_key, export_dir)
-    signature_def = meta_graph.signature_def[key]
-    inputs = tuple(
-        _tensor_info(name, signature_def.inputs[name]) for name in sorted(signature_def.inputs)
-    )
-    outputs = tuple(
-        _tensor_info(name, signature_def.outputs[name]) for name in sorted(signature_def.outputs)
-    )
-    examples_input = None
-    features = None
-    if len(inputs) == 1 and inputs[0].dtype == "string":
-        graph = meta_graph.graph_def
-        tensor_name = signature_def.inputs[inputs[0].name].name
-        parse_node = _parse_node_fed_by(graph, tensor_name)
-        if parse_node is not None:
-            examples_input = inputs[0].name
-            try:
-                features = _features_of(graph, parse_node)
-            except (ValueError, KeyError, IndexError) as err:
-                logger.warning(
-                    "Could not read the feature spec of %s's %s op (%s); columns will be encoded "
-                    "by their dtype.",
-                    export_dir,
-                    parse_node.op,
-                    err,
-                )
-        elif signature_def.method_name in _EXAMPLE_METHODS or _has_parse_op(graph):
-            examples_input = inputs[0].name
-    return ServingSignature(
-        key=key,
-        method_name=signature_def.method_name,
-        inputs=inputs,
-        outputs=outputs,
-        examples_input=examples_input,
-        features=features,
-    )
-
-
-def _serving_meta_graph(export_dir: str):
-    from google.protobuf import text_format
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    saved_model = saved_model_pb2.SavedModel()
-    pb = fs.join(export_dir, "saved_model.pb")
-    pbtxt = fs.join(export_dir, "saved_model.pbtxt")
-    if fs.exists(pb):
-        saved_model.ParseFromString(fs.read_bytes(pb))
-    elif fs.exists(pbtxt):
-        text_format.Parse(fs.read_bytes(pbtxt).decode("utf-8"), saved_model)
-    else:
-        raise ValueError(
-            f"{export_dir!r} is not a SavedModel directory: it has neither saved_model.pb "
-            f"nor saved_model.pbtxt."
-        )
-    for meta_graph in saved_model.meta_graphs:
-        if "serve" in meta_graph.meta_info_def.tags:
-            return meta_graph
-    tags = [list(m.meta_info_def.tags) for m in saved_model.meta_graphs]
-    raise ValueError(f"The SavedModel in {export_dir!r} has no 'serve' graph; its tags: {tags}.")
-
-
-def _choose_signature_key(signature_defs: Mapping[str, Any], wanted: str | None, where: str) -> str:
-    if wanted is not None:
-        if wanted not in signature_defs:
-            raise ValueError(
-                f"The SavedModel in {where!r} has no signature {wanted!r}; it has "
-                f"{sorted(signature_defs)}."
-            )
-        return wanted
-    for key in (DEFAULT_SIGNATURE_KEY, PREDICT_SIGNATURE_KEY):
-        if key in signature_defs:
-            return key
-    if len(signature_defs) == 1:
-        return next(iter(signature_defs))
-    raise ValueError(
-        f"The SavedModel in {where!r} has no {DEFAULT_SIGNATURE_KEY!r} signature and several "
-        f"others {sorted(signature_defs)}; pass signature_key."
-    )
-
-
-def _tensor_info(name: str, proto: Any) -> TensorInfo:
-    import tensorflow as tf
-
-    dtype = tf.dtypes.as_dtype(proto.dtype).name
-    if proto.tensor_shape.unknown_rank:
-        shape = None
-    else:
-        shape = tuple(None if d.size < 0 else int(d.size) for d in proto.tensor_shape.dim)
-    return TensorInfo(name=name, dtype=dtype, shape=shape)
-
-
-def _node_name(input_name: str) -> str:
-    return input_name.lstrip("^").split(":")[0]
-
-
-def _parse_node_fed_by(graph_def: Any, tensor_name: str):
-    """The ParseExample op reading ``tensor_name``, looking through Identity ops."""
-    fed = {_node_name(tensor_name)}
-    changed = True
-    while changed:
-        changed = False
-        for node in graph_def.node:
-            if node.name in fed:
-                continue
-            if node.op in ("Identity", "PlaceholderWithDefault") and node.input:
-                if _node_name(node.input[0]) in fed:
-                    fed.add(node.name)
-                    changed = True
-    for node in graph_def.node:
-        if node.op in _PARSE_OPS and node.input and _node_name(node.input[0]) in fed:
-            return node
-    return None
-
-
-def _has_parse_op(graph_def: Any) -> bool:
-    parse_ops = (*_PARSE_OPS, "ParseSingleExample")
-    if any(node.op in parse_ops for node in graph_def.node):
-        return True
-    return any(
-        node.op in parse_ops
-        for function in graph_def.library.function
-        for node in function.node_def
-    )
-
-
-def _features_of(graph_def: Any, node: Any) -> tuple[Feature, ...]:
-    """The feature spec of a ParseExample(V2) node, from its constant inputs and attrs."""
-    import tensorflow as tf
-
-    nodes = {n.name: n for n in graph_def.node}
-
-    def const(input_name: str) -> np.ndarray | None:
-        current = nodes[_node_name(input_name)]
-        while current.op == "Identity":
-            current = nodes[_node_name(current.input[0])]
-        if current.op != "Const":
-            return None
-        return tf.make_ndarray(current.attr["value"].tensor)
-
-    def keys(input_name: str) -> list[str]:
-        value = const(input_name)
-        if value is None:
-            raise ValueError(f"the feature keys {input_name!r} are not constant")
-        return [k.decode() if isinstance(k, bytes) else str(k) for k in np.ravel(value)]
-
-    def dtypes(attr: str) -> list[str]:
-        return [tf.dtypes.as_dtype(t).name for t in node.attr[attr].list.type]
-
-    inputs = [i for i in node.input if not i.startswith("^")]
-    dense_types = dtypes("Tdense")
-    dense_shapes = [
-        tuple(None if d.size < 0 else int(d.size) for d in s.dim)
-        for s in node.attr["dense_shapes"].list.shape
-    ]
-    sparse_types = dtypes("sparse_types")
-    ragged_keys: list[str] = []
-    ragged_types: list[str] = []
-    if node.op == "ParseExampleV2":
-        # serialized, names, sparse_keys, dense_keys, ragged_keys, dense_defaults...
-        sparse_keys = keys(inputs[2])
-        dense_keys = keys(inputs[3])
-        ragged_keys = keys(inputs[4])
-        ragged_types = dtypes("ragged_value_types")
-        defaults = inputs[5 : 5 + len(dense_keys)]
-    else:
-        # serialized, names, sparse_keys * Nsparse, dense_keys * Ndense, dense_defaults...
-        n_sparse = int(node.attr["Nsparse"].i)
-        n_dense = int(node.attr["Ndense"].i)
-        sparse_keys = [keys(i)[0] for i in inputs[2 : 2 + n_sparse]]
-        dense_keys = [keys(i)[0] for i in inputs[2 + n_sparse : 2 + n_sparse + n_dense]]
-        defaults = inputs[2 + n_sparse + n_dense : 2 + n_sparse + 2 * n_dense]
-
-    features = []
-    for name, dtype, shape, default in zip(
-        dense_keys, dense_types, dense_shapes, defaults, strict=True
-    ):
-        value = const(default)
-        # tf.io.parse_example encodes "no default" as an empty constant.
-        required = value is not None and value.size == 0 and None not in shape
-        features.append(Feature(name, dtype, "dense", shape, required))
-    for name, dtype in zip(sparse_keys, sparse_types, strict=True):
-        features.append(Feature(name, dtype, "sparse", (), False))
-    for name, dtype in zip(ragged_keys, ragged_types, strict=True):
-        features.append(Feature(name, dtype, "ragged", (), False))
-    return tuple(features)
-
-
-def _feature_column(feature: Feature):
-    from mlflow.types.schema import ColSpec
-
-    if feature.kind != "dense":
-        return ColSpec(_column_type(feature.dtype, (None,)), feature.name, required=False)
-    return ColSpec(
-        _column_type(feature.dtype, feature.shape), feature.name, required=feature.required
-    )
-
-
-def _column_type(dtype: str, row_shape: tuple[int | None, ...] | None, exact: bool = False):
-    """The MLflow column type of a tensor with this dtype and per-example shape."""
-    from mlflow.types.schema import AnyType, Array
-
-    element = _data_type(dtype, exact)
-    if element is None or row_shape is None:
-        return AnyType()
-    if _one_value_per_row(row_shape):
-        return element
-    column: Any = element
-    for _ in row_shape:
-        column = Array(column)
-    return column
-
-
-def _data_type(dtype: str, exact: bool):
-    from mlflow.types.schema import DataType
-
-    if dtype == "string":
-        return DataType.string
-    if dtype == "bool":
-        return DataType.boolean
-    if dtype in ("float16", "bfloat16", "float32", "float64"):
-        if exact and dtype != "float64":
-            return DataType.float
-        return DataType.double
-    if dtype.startswith(("int", "uint")):
-        if exact and dtype in ("int8", "int16", "int32", "uint8", "uint16"):
-            return DataType.integer
-        return DataType.long
-    return None
-
-
-def _one_value_per_row(row_shape: tuple[int | None, ...]) -> bool:
-    return None not in row_shape and math.prod(row_shape) == 1
-
-
-# -- the MLflow model directory --------------------------------------------------------------
-
-
-def get_default_pip_requirements() -> list[str]:
-    """What a fresh environment needs to load the model: TensorFlow and this loader."""
-    import tensorflow as tf
-
-    return [
-        f"tensorflow=={tf.__version__}",
-        "pandas",
-        "numpy<2",
-        f"{PACKAGE_NAME}=={__version__}",
-    ]
-
-
-def save_model(
-    export_dir: str | os.PathLike,
-    path: str | os.PathLike,
-    *,
-    mlflow_model: mlflow.models.Model | None = None,
-    signature_key: str | None = None,
-    pip_requirements: Sequence[str] | str | None = None,
-    extra_pip_requirements: Sequence[str] | str | None = None,
-    metadata: dict[str, Any] | None = None,
-) -> None:
-    """Write an MLflow model directory that serves an Estimator SavedModel.
-
-    The whole export directory (variables, assets, ``assets.extra/``, text or
-    binary proto) is copied under ``saved_model/``; the MLmodel file gets a
-    ``python_function`` flavor loaded by this module, a ``mlflow_best_export``
-    flavor describing the SavedModel, and the signature MLflow shows.
-
-    Args:
-      export_dir: the SavedModel directory the Estimator exported.
-      path: the MLflow model directory to create; must not exist or be empty.
-      mlflow_model: the ``mlflow.models.Model`` to fill in (carrying model id,
-        run id and artifact path when logging); a new one by default.
-      signature_key: the signature to serve; see :func:`signature_of`.
-      pip_requirements: replaces the default requirements
-        (:func:`get_default_pip_requirements`).
-      extra_pip_requirements: added to the default requirements.
-      metadata: free-form metadata recorded in the MLmodel file.
-
-    Raises:
-      ValueError: if ``export_dir`` is not a usable SavedModel, or both
-        requirement arguments are given.
-      mlflow.exceptions.MlflowException: if ``path`` exists and is not empty.
-    """
-    import tensorflow as tf
-    from mlflow import pyfunc
-    from mlflow.models import Model
-
-    export_dir = os.fspath(export_dir)
-    if pip_requirements is not None and extra_pip_requirements is not None:
-        raise ValueError(
-            "Pass either `pip_requirements` or `extra_pip_requirements`, not both "
-            "(pip_requirements replaces the defaults, extra_pip_requirements adds to them)."
-        )
-    signature = signature_of(export_dir, signature_key)
-    path = os.path.abspath(os.fspath(path))
-    if mlflow_model is None:
-        mlflow_model = Model()
-    mlflow_model.add_flavor(
-        FLAVOR_NAME,
-        saved_model_dir=SAVED_MODEL_SUBPATH,
-        tensorflow_version=tf.__version__,
-        package_version=__version__,
-        **signature.to_dict(),
-    )
-    # Explicit requirements: without them MLflow would load the model to infer them.
-    requirements = _requirement_list(pip_requirements)
-    if requirements is None:
-        requirements = get_default_pip_requirements() + (
-            _requirement_list(extra_pip_requirements) or []
-        )
-    with tempfile.TemporaryDirectory(prefix="mlflow_best_export-") as tmp:
-        # MLflow copies data_path to data/<its name>: the name must be "saved_model". A local
-        # export is linked under that name (copied once, by MLflow); a remote one is fetched.
-        staged = os.path.join(tmp, os.path.basename(SAVED_MODEL_SUBPATH))
-        if fs.is_url(export_dir):
-            fs.copy_tree_to_local(export_dir, staged)
-        else:
-            os.symlink(os.path.abspath(export_dir), staged, target_is_directory=True)
-        with warnings.catch_warnings():
-            # The signature comes from the SavedModel itself; an example adds nothing.
-            warnings.filterwarnings("ignore", message=".*input example was not provided")
-            pyfunc.save_model(
-                path,
-                loader_module=__name__,
-                data_path=staged,
-                mlflow_model=mlflow_model,
-                signature=signature.to_model_signature(),
-                pip_requirements=requirements,
-                metadata=metadata,
-            )
-
-
-def _requirement_list(requirements: Sequence[str] | str | None) -> list[str] | None:
-    """Requirements as a list; a string is a requirements file (MLflow's convention)."""
-    if requirements is None:
-        return None
-    if isinstance(requirements, str):
-        with open(requirements, encoding="utf-8") as f:
-            return [line.strip() for line in f if line.strip() and not line.startswith("#")]
-    return list(requirements)
-
-
-# -- LoggedModels ----------------------------------------------------------------------------
-
-
-def log_model(
-    client: MlflowClient,
-    export_dir: str | os.PathLike,
-    *,
-    experiment_id: str,
-    run_id: str | None,
-    name: str,
-    step: int | None = None,
-    params: Mapping[str, str] | None = None,
-    tags: Mapping[str, str] | None = None,
-    signature_key: str | None = None,
-) -> LoggedModel:
-    """Log an export as a READY LoggedModel, the way ``mlflow.<flavor>.log_model`` does.
-
-    The LoggedModel is created PENDING, linked to the run as one of its model
-    outputs (at ``step``), its artifacts are the MLflow model directory of
-    :func:`save_model`, and it is finalized READY. If anything fails after it
-    was created it is marked FAILED (when the server still answers) and the
-    error is raised.
-
-    Metrics are not linked here: log them with ``model_id`` set (or copy the
-    run's metrics at ``step``, as MLflow's ``log_model`` does) to show them on
-    the model.
-
-    Args:
-      client: the client to log with (its tracking URI is used throughout).
-      export_dir: the SavedModel directory.
-      experiment_id: the experiment the LoggedModel belongs to.
-      run_id: the run that produced the model, or None for none.
-      name: the LoggedModel's name.
-      step: the global step of the export, recorded on the run's model output.
-      params: LoggedModel params.
-      tags: LoggedModel tags (MLflow's context tags such as ``mlflow.user``
-        are added, as the fluent API does).
-      signature_key: the signature to serve; see :func:`signature_of`.
-
-    Returns:
-      The finalized LoggedModel (``models:/<model_id>`` loads it).
-    """
-    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
-    from mlflow.models import Model
-    from mlflow.tracking.context import registry as context_registry
-
-    model = client.create_logged_model(
-        experiment_id=experiment_id,
-        name=name,
-        source_run_id=run_id,
-        tags=context_registry.resolve_tags({k: str(v) for k, v in (tags or {}).items()}),
-        params={k: str(v) for k, v in (params or {}).items()},
-        model_type=MODEL_TYPE,
-    )
-    logger.debug("Created LoggedModel %s (%s) for %s.", model.model_id, name, export_dir)
-    try:
-        if run_id is not None:
-            client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=step or 0)])
-        with tempfile.TemporaryDirectory(prefix="mlflow_best_export-") as tmp:
-            local_path = os.path.join(tmp, "model")
-            mlflow_model = Model(
-                artifact_path=model.artifact_location,
-                model_uuid=model.model_id,
-                run_id=run_id,
-                model_id=model.model_id,
-            )
-            save_model(
-                export_dir, local_path, mlflow_model=mlflow_model, signature_key=signature_key
-            )
-            client.log_model_artifacts(model.model_id, local_path)
-    except BaseException:
-        try:
-            client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
-        except Exception as err:  # the original error is the one worth raising
-            from mlflow_best_export.tracking import redact_text
-
-            # No traceback: MLflow's messages hold the tracking URI, credentials included.
-            logger.warning(
-                "Could not mark LoggedModel %s FAILED: %s", model.model_id, redact_text(err)
-            )
-        raise
-    return client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
-
 
 # -- loading and predicting ------------------------------------------------------------------
 
@@ -666,8 +73,8 @@ class ServingModel:
         self.export_dir = os.fspath(export_dir)
         # Read once (saved_model.pb can be large, and remote): the signature and the
         # vectorized input path both come from it.
-        meta_graph = _serving_meta_graph(self.export_dir)
-        self.signature = _signature_in(meta_graph, signature_key, self.export_dir)
+        meta_graph = serving_meta_graph(self.export_dir)
+        self.signature = signature_in(meta_graph, signature_key, self.export_dir)
         # Keeping the loaded object alive keeps the function's variables alive.
         self._loaded = tf.saved_model.load(self.export_dir, tags=["serve"])
         self._function = self._loaded.signatures[self.signature.key]
@@ -776,7 +183,7 @@ class _ParsedFeed:
         try:
             signature_def = meta_graph.signature_def[signature.key]
             serialized = signature_def.inputs[signature.examples_input].name
-            node = _parse_node_fed_by(meta_graph.graph_def, serialized)
+            node = parse_node_fed_by(meta_graph.graph_def, serialized)
             if node is None:
                 return None
             n_sparse = _sparse_count(node)
@@ -838,10 +245,10 @@ def _dense_defaults(graph_def: Any, node: Any) -> list[np.ndarray | None]:
         defaults = inputs[2 + n_sparse + n_dense : 2 + n_sparse + 2 * n_dense]
     found: list[np.ndarray | None] = []
     for name in defaults:
-        current = nodes[_node_name(name)]
+        current = nodes[node_name(name)]
         # tf.io.parse_example reshapes each default to the feature's shape.
         while current.op in ("Identity", "Reshape"):
-            current = nodes[_node_name(current.input[0])]
+            current = nodes[node_name(current.input[0])]
         if current.op != "Const":
             raise ValueError(f"the default of a dense feature ({name}) is not constant")
         value = tf.make_ndarray(current.attr["value"].tensor)
@@ -1133,7 +540,7 @@ def _to_frame(
             columns[info.name] = [_plain(array)] * rows
             continue
         if info.row_shape is not None:
-            scalar = _one_value_per_row(info.row_shape)
+            scalar = one_value_per_row(info.row_shape)
         else:
             scalar = math.prod(array.shape[1:]) == 1
         if scalar:
