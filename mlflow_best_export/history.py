@@ -304,7 +304,7 @@ class HistoryReader:
         self._by_step: dict[int, EvalRecord] = {}
         self._records: list[EvalRecord] = []  # ascending; copied into each returned history
         # Per-key wall times of the steps whose values do not all have the record's.
-        self._times: dict[int, dict[object, float]] = {}
+        self._times: dict[int, dict[object, float] | list[RawEvent]] = {}
         self._history = EvalHistory._from_sorted([])
 
     @property
@@ -440,19 +440,33 @@ class HistoryReader:
     def _merge(self, step: int, events: list[RawEvent], inserted: dict[int, EvalRecord]) -> bool:
         """Merge the events of one step into its record; True if the record changed."""
         old = self._by_step.get(step)
-        merge = _Merge(old, self._times.get(step))
-        for wall_time, _, tags, values, strings in events:
-            checkpoint = strings.get(CHECKPOINT_PATH_TAG) if strings else None
-            if tags or checkpoint is not None:
-                merge.add(wall_time, tags, values, checkpoint)
-        record = merge.record(step)
-        if record is None:
+        used = [e for e in events if e[2] or (e[4] and CHECKPOINT_PATH_TAG in e[4])]
+        if not used:
             return False
-        times = merge.varying_times()
-        if times is None:
-            self._times.pop(step, None)
+        if old is None and all(a[0] <= b[0] for a, b in itertools.pairwise(used)):
+            # A new step written in order (the Estimator: its metrics, then its
+            # checkpoint_path): every event wins over the ones before it.
+            metrics: dict[str, float] = {}
+            checkpoint = None
+            for _, _, tags, values, strings in used:
+                metrics.update(zip(tags, values))  # noqa: B905 - the same length
+                if strings and CHECKPOINT_PATH_TAG in strings:
+                    checkpoint = strings[CHECKPOINT_PATH_TAG]
+            record = _new_record(step, used[-1][0], metrics, checkpoint)
+            if used[0][0] != used[-1][0]:
+                # Per-key times differ; worked out from the events if the step comes again.
+                self._times[step] = used
         else:
-            self._times[step] = times
+            merge = _Merge(old, _times_of(self._times.get(step)))
+            for wall_time, _, tags, values, strings in used:
+                checkpoint = strings.get(CHECKPOINT_PATH_TAG) if strings else None
+                merge.add(wall_time, tags, values, checkpoint)
+            record = merge.record(step)
+            times = merge.varying_times()
+            if times is None:
+                self._times.pop(step, None)
+            else:
+                self._times[step] = times
         self._by_step[step] = record
         records = self._records
         if step in inserted:
@@ -464,6 +478,20 @@ class HistoryReader:
         else:
             inserted[step] = record
         return True
+
+
+def _times_of(
+    entry: dict[object, float] | list[RawEvent] | None,
+) -> dict[object, float] | None:
+    """The per-key wall times of a step: kept as such, or as the events that set them."""
+    if not isinstance(entry, list):
+        return entry
+    times: dict[object, float] = {}
+    for wall_time, _, tags, _, strings in entry:
+        times.update(dict.fromkeys(tags, wall_time))
+        if strings and CHECKPOINT_PATH_TAG in strings:
+            times[_CHECKPOINT] = wall_time
+    return times
 
 
 @contextlib.contextmanager
