@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -12,24 +14,62 @@ import time
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
+from types import SimpleNamespace
 
+from mlflow.entities import LoggedModelStatus
 from mlflow.tracking import MlflowClient
+from oracles import export_dirs
 
-from mlflow_best_export import exports as exports_lib
-from mlflow_best_export import read_eval_history
-from mlflow_best_export.registry import find_models, find_versions
-from mlflow_best_export.tracking import TAG_KEY, exporter_key, normalize_dir, sanitize_metric_name
+# Tag names are the contract under test; everything expected is computed here, from the
+# model directory (directory listing, TensorFlow's own event reader) and MLflow's client.
+TAG_MODEL_DIR = "mlflow_best_export.model_dir"
+TAG_EXPORTER = "mlflow_best_export.exporter"
+TAG_KEY = "mlflow_best_export.key"
+TAG_INFO = "mlflow_best_export"
+_PLAIN_METRIC = re.compile(r"^[\w\-. :]+(/[\w\-. :]+)*$")
+
+
+def _absolute(path: str) -> str:
+    return path.rstrip("/") if "://" in path else os.path.normpath(os.path.abspath(path))
 
 
 def kept_dirs(model_dir: str, name: str = "best_exporter") -> list[str]:
-    base = os.path.join(model_dir, "export", name)
-    return sorted(normalize_dir(e.path) for e in exports_lib.list_exports(base))
+    """The export directories on disk, by listing (see tests/oracles.py)."""
+    return export_dirs(os.path.join(_absolute(model_dir), "export", name))
+
+
+def eval_steps(model_dir: str) -> dict[str, list[int]]:
+    """{metric: steps} of the eval scalars, read with tf.compat.v1.train.summary_iterator."""
+    import tensorflow as tf
+
+    steps: dict[str, set[int]] = {}
+    for path in glob.glob(os.path.join(model_dir, "eval", "*.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.HasField("simple_value"):
+                    steps.setdefault(value.tag, set()).add(event.step)
+                elif value.HasField("tensor") and value.tensor.dtype != tf.string.as_datatype_enum:
+                    if tf.make_ndarray(value.tensor).ndim == 0:
+                        steps.setdefault(value.tag, set()).add(event.step)
+    return {tag: sorted(found) for tag, found in steps.items()}
 
 
 def exporter_runs(client: MlflowClient, model_dir: str, name: str = "best_exporter"):
-    key = exporter_key(model_dir, name)
     experiments = [e.experiment_id for e in client.search_experiments()]
-    return client.search_runs(experiments, filter_string=f"tags.`{TAG_KEY}` = '{key}'")
+    runs = client.search_runs(experiments, filter_string=f"tags.`{TAG_EXPORTER}` = '{name}'")
+    return [r for r in runs if r.data.tags.get(TAG_MODEL_DIR) == _absolute(model_dir)]
+
+
+def _export_dir(tags) -> str | None:
+    try:
+        return json.loads(tags[TAG_INFO])["export_dir"]
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+def _of_exporter(export_dir: str | None, model_dir: str, name: str) -> bool:
+    base = os.path.join(_absolute(model_dir), "export", name) + os.sep
+    return bool(export_dir) and export_dir.startswith(base)
 
 
 def check_mlflow(
@@ -52,25 +92,36 @@ def check_mlflow(
     - model directories in the artifact store == live LoggedModels (local
       artifact roots, or ``artifacts_destination`` of an ``mlflow server``);
     - each live version is linked on its LoggedModel (``mlflow.modelVersions``).
+
+    Expectations come from the model directory itself (listing, summary_iterator)
+    and MLflow's client, never from this package's readers.
     """
     client = MlflowClient(tracking_uri)
-    key = exporter_key(model_dir, name)
     if run_id is None:
         runs = exporter_runs(client, model_dir, name)
         assert len(runs) == 1, [r.info.run_id for r in runs]
         run = runs[0]
     else:
         run = client.get_run(run_id)
-    history = read_eval_history(model_dir)
-    assert history.records, "no eval history"
-    for metric in {k for r in history.records for k in r.metrics}:
-        logged = client.get_metric_history(run.info.run_id, sanitize_metric_name(metric))
-        steps = [m.step for m in logged]
-        expected = [r.step for r in history.records if metric in r.metrics]
-        assert sorted(steps) == expected, (metric, sorted(steps), expected)
+    history = eval_steps(model_dir)
+    assert history, "no eval history"
+    for metric, expected in history.items():
+        if not _PLAIN_METRIC.match(metric):
+            continue
+        logged = client.get_metric_history(run.info.run_id, metric)
+        assert sorted(m.step for m in logged) == expected, (metric, logged, expected)
 
     kept = kept_dirs(model_dir, name)
-    models = find_models(client, run.info.experiment_id, key)
+    models = [
+        SimpleNamespace(
+            model_id=m.model_id,
+            export_dir=_export_dir(m.tags),
+            ready=m.status == LoggedModelStatus.READY,
+            tags=m.tags,
+        )
+        for m in _all_live_models(client, run.info.experiment_id)
+        if _of_exporter(_export_dir(m.tags), model_dir, name)
+    ]
     assert all(m.ready for m in models), models
     assert sorted(m.export_dir for m in models) == kept, (models, kept)
 
@@ -83,13 +134,26 @@ def check_mlflow(
 
     found = {"run": run, "models": models, "kept": kept}
     if registered_model_name is not None:
-        versions = find_versions(client, registered_model_name, key)
+        versions = sorted(
+            (
+                SimpleNamespace(
+                    version=str(mv.version),
+                    export_dir=_export_dir(mv.tags),
+                    model_id=mv.tags.get("mlflow_best_export.model_id"),
+                    tags=mv.tags,
+                )
+                for mv in client.search_model_versions(f"name = '{registered_model_name}'")
+                if _of_exporter(_export_dir(mv.tags), model_dir, name)
+            ),
+            key=lambda v: int(v.version),
+        )
         assert sorted(v.export_dir for v in versions) == kept, (versions, kept)
+        by_dir = {m.export_dir: m.model_id for m in models}
+        assert all(v.model_id == by_dir[v.export_dir] for v in versions), (versions, models)
         best = client.get_model_version_by_alias(registered_model_name, alias)
-        assert best.tags[TAG_KEY] == key
         if best_step is not None:
             assert best.tags["global_step"] == str(best_step), best.tags
-        assert json.loads(best.tags["mlflow_best_export"])["export_dir"] in kept
+        assert _export_dir(best.tags) in kept
         found["versions"] = versions
         found["best"] = best
         for v in versions:

@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 import pytest
 from conftest import TESTS, subprocess_env
 from mlflow_checks import MlflowServer, check_mlflow, free_port
+from oracles import eval_records, export_steps, new_best_steps
 
 from mlflow_best_export import exports as exports_lib
-from mlflow_best_export import ranking, read_eval_history
+from mlflow_best_export import loss_smaller
 
 pytestmark = pytest.mark.slow
 
@@ -174,20 +175,17 @@ def cluster(tmp_path, server, request):
 
 def expected_kept(model_dir: str, keep: int) -> list[int]:
     """The last ``keep`` new-best evals of the recorded history (what a never-stopped run keeps)."""
-    records = read_eval_history(model_dir).records
-    chain = ranking.new_bests(records, None, ranking.loss_smaller, lambda r: r.metrics)
-    return [r.step for r in chain[-keep:]]
+    return new_best_steps(eval_records(model_dir), loss_smaller, keep)
 
 
 def kept_steps(model_dir: str) -> list[int]:
     base = os.path.join(model_dir, "export", "best_exporter")
-    return sorted(e.step for e in exports_lib.list_exports(base))
+    return sorted(export_steps(base))
 
 
 def check_cluster_run(cluster: Cluster) -> None:
     """What must hold once the job is over, however the evaluator's work was interleaved."""
-    history = read_eval_history(cluster.model_dir)
-    steps = [r.step for r in history.records]
+    steps = [r["step"] for r in eval_records(cluster.model_dir)]
     # The evaluator followed training (several checkpoints, not only the last one) and
     # stopped after the final checkpoint.
     assert len(steps) >= 4, steps

@@ -15,14 +15,9 @@ import pytest
 import tensorflow as tf
 import tiny
 from conftest import run_tiny
+from oracles import eval_records, export_dirs, export_metadata, export_step, new_best_steps
 
-from mlflow_best_export import (
-    MLflowBestExporter,
-    loss_smaller,
-    metric_bigger,
-    ranking,
-    read_eval_history,
-)
+from mlflow_best_export import MLflowBestExporter, loss_smaller, metric_bigger
 from mlflow_best_export import exports as exports_lib
 from mlflow_best_export.exports import ExportDirLockedError
 
@@ -37,34 +32,40 @@ def export_base(model_dir, name="best_exporter"):
 
 
 def exported(model_dir, name="best_exporter"):
-    """The exports on disk, oldest first, as (step, metadata)."""
+    """The exports on disk (by listing), oldest first, as (recorded step, metadata)."""
     found = []
-    for export in exports_lib.list_exports(export_base(model_dir, name)):
-        assert export.has_metadata, export.path
-        found.append((export.step, export.metadata))
+    for path in export_dirs(export_base(model_dir, name)):
+        metadata = export_metadata(path)
+        assert metadata is not None, path
+        found.append((metadata["global_step"], metadata))
     return found
 
 
 def expected_kept(model_dir, compare_fn, keep):
     """The last `keep` new-best evals of the recorded history (what a never-stopped run keeps)."""
-    records = read_eval_history(str(model_dir)).records
-    chain = ranking.new_bests(records, None, compare_fn, lambda r: r.metrics)
-    chain = chain if keep is None else chain[-keep:]
-    return [r.step for r in chain]
+    return new_best_steps(eval_records(str(model_dir)), compare_fn, keep)
 
 
 def assert_metadata_matches_history(model_dir, name="best_exporter"):
-    history = read_eval_history(str(model_dir))
-    for step, metadata in exported(model_dir, name):
+    history = {r["step"]: r for r in eval_records(str(model_dir))}
+    for path in export_dirs(export_base(model_dir, name)):
+        metadata = export_metadata(path)
+        step = export_step(path)  # what was exported, from its variables
+        assert metadata["global_step"] == step, path
         record = history.get(step)
         assert record is not None, step
-        assert metadata["global_step"] == step
         assert metadata["exporter_name"] == name
-        assert metadata["checkpoint_path"] == record.checkpoint_path
-        for key, value in record.metrics.items():
+        assert metadata["checkpoint_path"] == record["checkpoint_path"]
+        for key, value in record["metrics"].items():
             assert metadata["eval_result"][key] == pytest.approx(value, rel=1e-6), key
         assert os.path.exists(metadata["checkpoint_path"] + ".index")
         assert isinstance(metadata["export_time"], float)
+
+
+def assert_exported(path):
+    """``export()`` returned the path (a str) of a SavedModel now on disk."""
+    assert type(path) is str, path
+    assert path in export_dirs(os.path.dirname(path)), path
 
 
 def make_exporter(**kwargs):
@@ -111,9 +112,10 @@ def test_keeps_exactly_the_last_n_new_best_evals(tmp_path, compare_fn, keep, ste
     assert_metadata_matches_history(model_dir)
     # The return value is the new export's path as str, or None when skipped.
     paths = [r for r in returned if r is not None]
-    assert all(isinstance(p, str) for p in paths)
-    all_new_bests = expected_kept(model_dir, compare_fn, None)
-    assert len(paths) == len(all_new_bests)
+    assert [type(p) for p in paths] == [str] * len(paths)
+    assert len(paths) == len(expected_kept(model_dir, compare_fn, None))
+    # The last ones returned are the exports still on disk.
+    assert paths[-len(steps) :] == export_dirs(export_base(model_dir))
     assert len(returned) == len(LOSSES)
     assert not [n for n in os.listdir(export_base(model_dir)) if n.startswith("temp-")]
 
@@ -130,7 +132,7 @@ def test_as_text_and_assets_extra(tmp_path):
     exporter.close()
     [(step, _)] = exported(model_dir)[-1:]
     assert step == 4
-    path = exports_lib.list_exports(export_base(model_dir))[-1].path
+    path = export_dirs(export_base(model_dir))[-1]
     assert os.path.exists(os.path.join(path, "saved_model.pbtxt"))
     extra = os.path.join(path, "assets.extra")
     assert open(os.path.join(extra, "vocab.txt")).read() == "a\nb\n"
@@ -168,10 +170,7 @@ def test_original_best_exporter_loses_the_best_on_restart(tmp_path):
 
     tiny.train(model_dir, original(), [50, 30, 40, 20])
     tiny.train(model_dir, original(), [50, 30, 40, 20, 25, 30, 22, 24])
-    steps = sorted(
-        exports_lib.read_export_step(e.path)
-        for e in exports_lib.list_exports(export_base(model_dir))
-    )
+    steps = sorted(export_step(p) for p in export_dirs(export_base(model_dir)))
     # It exported the worse step 10 right after the restart and collected step 8, the best.
     assert 10 in steps and 8 not in steps
 
@@ -201,7 +200,7 @@ def test_sigkill_between_evaluation_and_export_recovers_the_lost_best(tmp_path):
     model_dir = str(tmp_path / "model")
     losses = "50,30,20,40,45,35"
     run_killed(model_dir, losses, keep=2, kill="before_export:6")
-    assert read_eval_history(model_dir).get(6) is not None  # the eval happened...
+    assert 6 in [r["step"] for r in eval_records(model_dir)]  # the eval happened...
     assert [s for s, _ in exported(model_dir)] == [2, 4]  # ...its export did not
     run_tiny("--model-dir", model_dir, "--losses", losses, "--exports-to-keep", "2")
     kept = exported(model_dir)
@@ -238,11 +237,10 @@ def test_exports_of_the_original_class_are_ranked_from_history(tmp_path):
     exporter = make_exporter(exports_to_keep=2)
     tiny.train(model_dir, exporter, [50, 30, 40, 20, 25, 10])
     exporter.close()
-    remaining = exports_lib.list_exports(export_base(model_dir))
-    by_step = {exports_lib.read_export_step(e.path): e for e in remaining}
+    by_step = {export_step(p): p for p in export_dirs(export_base(model_dir))}
     assert os.path.isdir(foreign)
-    assert sorted(s for s in by_step if s is not None) == [8, 12]
-    assert not by_step[8].has_metadata and by_step[12].has_metadata
+    assert sorted(by_step) == [8, 12]
+    assert export_metadata(by_step[8]) is None and export_metadata(by_step[12]) is not None
 
 
 # -- the original class's own unit-test scenarios, with a real Estimator ----------------------
@@ -276,6 +274,26 @@ def call_export(exporter, estimator, checkpoint, eval_result, final=False):
 def test_exports_to_keep_zero_raises():
     with pytest.raises(ValueError, match="positive number"):
         make_exporter(exports_to_keep=0)
+    with pytest.raises(ValueError, match="exports_to_keep.*retention policy"):
+        make_exporter(exports_to_keep="5")
+
+
+def test_a_retention_policy_value_is_applied_on_disk(trained, tmp_path):
+    from mlflow_best_export.retention import AnyOf, KeepBestN, KeepLatestN
+
+    estimator, checkpoint = fresh(trained, tmp_path)
+    policy = AnyOf(KeepBestN(1), KeepLatestN(2))
+    exporter = make_exporter(exports_to_keep=policy)
+    assert exporter.retention is policy and exporter.exports_to_keep is policy
+    for step, loss in ((2, 0.9), (3, 0.8), (4, 0.7)):
+        assert_exported(
+            call_export(exporter, estimator, checkpoint, {"loss": loss, "global_step": step})
+        )
+    exporter.close()
+    kept = [
+        export_metadata(p)["global_step"] for p in export_dirs(export_base(estimator.model_dir))
+    ]
+    assert kept == [3, 4]
 
 
 def test_first_export_and_export_on_improvement_only(trained, tmp_path):
@@ -307,8 +325,8 @@ def test_preemption_scenario_of_the_original_tests(trained, tmp_path):
     write_evals(eval_dir, {1: {"loss": 50}, 2: {"loss": 60}})
     exporter = make_exporter(event_file_pattern="eval_continuous/*.tfevents.*", exports_to_keep=1)
     # Nothing is kept yet, and the history's best has no checkpoint to export from.
-    assert call_export(exporter, estimator, checkpoint, {"loss": 100, "global_step": 3})
-    assert call_export(exporter, estimator, checkpoint, {"loss": 10, "global_step": 4})
+    assert_exported(call_export(exporter, estimator, checkpoint, {"loss": 100, "global_step": 3}))
+    assert_exported(call_export(exporter, estimator, checkpoint, {"loss": 10, "global_step": 4}))
     assert call_export(exporter, estimator, checkpoint, {"loss": 20, "global_step": 5}) is None
     assert [m["eval_result"]["loss"] for _, m in exported(estimator.model_dir)] == [10]
     exporter.close()
@@ -319,8 +337,8 @@ def test_empty_eval_event_in_history(trained, tmp_path):
     eval_dir = os.path.join(estimator.model_dir, "eval_continuous")
     write_evals(eval_dir, {1: {}, 2: {"loss": 60}})
     exporter = make_exporter(event_file_pattern="eval_continuous/*.tfevents.*", exports_to_keep=1)
-    assert call_export(exporter, estimator, checkpoint, {"loss": 100, "global_step": 3})
-    assert call_export(exporter, estimator, checkpoint, {"loss": 10, "global_step": 4})
+    assert_exported(call_export(exporter, estimator, checkpoint, {"loss": 100, "global_step": 3}))
+    assert_exported(call_export(exporter, estimator, checkpoint, {"loss": 10, "global_step": 4}))
     exporter.close()
 
 
@@ -333,7 +351,7 @@ def test_non_finite_candidate_never_wins(trained, tmp_path, bad):
     exporter = make_exporter()
     # Not even as the first export: a NaN model is not worth serving.
     assert call_export(exporter, estimator, checkpoint, {"loss": bad, "global_step": 2}) is None
-    assert call_export(exporter, estimator, checkpoint, {"loss": 3.0, "global_step": 2})
+    assert_exported(call_export(exporter, estimator, checkpoint, {"loss": 3.0, "global_step": 2}))
     assert call_export(exporter, estimator, checkpoint, {"loss": bad, "global_step": 2}) is None
     assert [m["eval_result"]["loss"] for _, m in exported(estimator.model_dir)] == [3.0]
     exporter.close()
@@ -352,7 +370,7 @@ def test_nan_in_history_does_not_block_later_exports(trained, tmp_path):
     estimator, checkpoint = fresh(trained, tmp_path)
     write_scalar(os.path.join(estimator.model_dir, "eval"), "loss", math.nan, step=1)
     exporter = make_exporter()
-    assert call_export(exporter, estimator, checkpoint, {"loss": 7.0, "global_step": 2})
+    assert_exported(call_export(exporter, estimator, checkpoint, {"loss": 7.0, "global_step": 2}))
     exporter.close()
 
 
@@ -445,11 +463,11 @@ def test_second_exporter_on_the_same_directory_is_refused(trained, tmp_path):
     estimator, checkpoint = fresh(trained, tmp_path)
     first = make_exporter()
     second = make_exporter()
-    assert call_export(first, estimator, checkpoint, {"loss": 1.0, "global_step": 2})
+    assert_exported(call_export(first, estimator, checkpoint, {"loss": 1.0, "global_step": 2}))
     with pytest.raises(ExportDirLockedError, match="Another process .*pid"):
         call_export(second, estimator, checkpoint, {"loss": 0.5, "global_step": 2})
     first.close()
-    assert call_export(second, estimator, checkpoint, {"loss": 0.5, "global_step": 2})
+    assert_exported(call_export(second, estimator, checkpoint, {"loss": 0.5, "global_step": 2}))
     second.close()
 
 
@@ -459,7 +477,7 @@ def test_float32_history_does_not_make_a_kept_export_look_lost(trained, tmp_path
     eval_dir = os.path.join(estimator.model_dir, "eval")
     write_evals(eval_dir, {2: {"loss": 0.7}})
     exporter = make_exporter()
-    assert call_export(exporter, estimator, checkpoint, {"loss": 0.7, "global_step": 2})
+    assert_exported(call_export(exporter, estimator, checkpoint, {"loss": 0.7, "global_step": 2}))
     write_evals(eval_dir, {3: {"loss": 0.9}})
     assert call_export(exporter, estimator, checkpoint, {"loss": 0.9, "global_step": 3}) is None
     assert [step for step, _ in exported(estimator.model_dir)] == [2]

@@ -33,9 +33,9 @@ for _path in (str(TESTS), str(REPO)):
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from mlflow_checks import check_mlflow, exporter_runs, kept_dirs  # noqa: E402
+from oracles import eval_records, export_dirs, export_metadata, export_steps, new_best_steps  # noqa: E402
 
-from mlflow_best_export import exports as exports_lib  # noqa: E402
-from mlflow_best_export import loss_smaller, ranking, read_eval_history  # noqa: E402
+from mlflow_best_export import loss_smaller  # noqa: E402
 
 # Scheduled eval losses, one per checkpoint every 2 steps: new bests at 2, 4, 8, 12, 16.
 LOSSES = (50, 30, 40, 20, 25, 10, 60, 5, 8)
@@ -136,13 +136,11 @@ class Trial:
 
     def expected_kept(self) -> list[int]:
         """What a never-stopped process keeps: the last ``keep`` new bests of the history."""
-        records = read_eval_history(self.model_dir).records
-        chain = ranking.new_bests(records, None, loss_smaller, lambda r: r.metrics)
-        return [r.step for r in chain[-self.keep :]]
+        return new_best_steps(eval_records(self.model_dir), loss_smaller, self.keep)
 
     def kept_steps(self) -> list[int]:
         """The steps of the exports on disk, oldest first."""
-        return sorted(e.step for e in exports_lib.list_exports(self.export_base))
+        return sorted(export_steps(self.export_base))
 
     def check(self) -> None:
         """Assert every invariant of a recovered model directory and its MLflow mirror.
@@ -178,8 +176,8 @@ def child_env() -> dict[str, str]:
 def check_invariants(trial: Trial) -> None:
     """The disk holds what a never-stopped run keeps, and MLflow mirrors exactly that."""
     expected = trial.expected_kept()
-    exports = exports_lib.list_exports(trial.export_base)
-    missing_metadata = [e.path for e in exports if not e.has_metadata]
+    exports = export_dirs(trial.export_base)
+    missing_metadata = [p for p in exports if export_metadata(p) is None]
     assert not missing_metadata, f"exports without metadata: {missing_metadata}"
     assert trial.kept_steps() == expected, f"disk keeps {trial.kept_steps()}, want {expected}"
     temps = [n for n in os.listdir(trial.export_base) if n.startswith("temp-")]

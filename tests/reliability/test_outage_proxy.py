@@ -72,10 +72,9 @@ def test_training_outlives_a_failing_server_and_catches_up(tmp_path, server, pro
 
 
 def _steps(model_dir):
-    from mlflow_best_export import exports as exports_lib
+    from oracles import export_steps
 
-    base = f"{model_dir}/export/best_exporter"
-    return sorted(e.step for e in exports_lib.list_exports(base))
+    return sorted(export_steps(f"{model_dir}/export/best_exporter"))
 
 
 def test_an_outage_at_the_end_is_caught_up_by_the_next_start(tmp_path, server, proxy, caplog):
