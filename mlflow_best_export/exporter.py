@@ -382,12 +382,14 @@ class MLflowBestExporter(tf.estimator.BestExporter):
             Candidate(r.step, r.metrics, r.wall_time, source=r.checkpoint_path)
             for r in history.before(candidate.step)
         ]
-        decision = self._keeper.decide(
-            kept,
-            earlier,
-            candidate,
-            lambda c: _existing_checkpoint(c.source, model_dir) is not None,
-        )
+        # Where each contender's checkpoint is now (None: gone), looked up once.
+        found: dict[int, str | None] = {}
+
+        def recoverable(contender: Candidate) -> bool:
+            found[contender.step] = _existing_checkpoint(contender.source, model_dir)
+            return found[contender.step] is not None
+
+        decision = self._keeper.decide(kept, earlier, candidate, recoverable)
         self._warn_unrecoverable(decision.unrecoverable)
         best = decision.baseline
         for lost in decision.recover:
@@ -398,9 +400,8 @@ class MLflowBestExporter(tf.estimator.BestExporter):
                 _describe(lost.metrics, self._compare_key),
                 lost.source,
             )
-            checkpoint = _existing_checkpoint(lost.source, model_dir)
             kept.append(
-                self._write_export(estimator, export_base, lost, checkpoint, recovered=True)
+                self._write_export(estimator, export_base, lost, found[lost.step], recovered=True)
             )
             best = lost
 
