@@ -104,7 +104,7 @@ class Keeper:
         # Only an eval that beats the baseline can be a lost best, so only those are
         # checked for a checkpoint (a file system call each).
         base = baseline.metrics if baseline else None
-        contenders = [r for r in unexported if self._beats(base, r)]
+        contenders = [r for r in unexported if ranking.beats(self.compare_fn, base, r.metrics)]
         can = {id(r): recoverable(r) for r in contenders}
         unrecoverable = tuple(r for r in self.new_bests(contenders, baseline) if not can[id(r)])
         # The bests that can still be exported make their own chain: each one beats the
@@ -126,14 +126,6 @@ class Keeper:
         return ranking.new_bests(
             history, baseline.metrics if baseline else None, self.compare_fn, lambda c: c.metrics
         )
-
-    def _beats(self, best: object, candidate: Candidate) -> bool:
-        if not ranking.comparable(self.compare_fn, candidate.metrics):
-            return False
-        try:
-            return ranking.is_better(self.compare_fn, best, candidate.metrics)
-        except (KeyError, TypeError, ValueError):
-            return False  # a user compare_fn that cannot read a foreign record
 
     def keep(self, kept: Iterable[Candidate]) -> list[Candidate]:
         """What the policy keeps of ``kept``, best first."""

@@ -348,15 +348,25 @@ def new_bests(
     chain = []
     for item in items:
         metrics = metrics_of(item)
-        if not comparable(compare_fn, metrics):
-            continue
-        try:
-            better = is_better(compare_fn, best, metrics)
-        except (KeyError, TypeError, ValueError) as err:
-            # A user compare_fn whose key we cannot know fails on foreign records.
-            logger.debug("Skipping an eval result that %r cannot compare: %s", compare_fn, err)
-            continue
-        if better:
+        if beats(compare_fn, best, metrics):
             chain.append(item)
             best = metrics
     return chain
+
+
+def beats(
+    compare_fn: CompareFn, best: Mapping[str, Any] | None, metrics: Mapping[str, Any]
+) -> bool:
+    """:func:`is_better` for history records: False for one that cannot be compared.
+
+    A record lacking the compared key, or one a user compare_fn fails on (a
+    foreign scalar in the eval directory), is never better, instead of an error.
+    """
+    if not comparable(compare_fn, metrics):
+        return False
+    try:
+        return is_better(compare_fn, best, metrics)
+    except (KeyError, TypeError, ValueError) as err:
+        # A user compare_fn whose key we cannot know fails on foreign records.
+        logger.debug("Skipping an eval result that %r cannot compare: %s", compare_fn, err)
+        return False
