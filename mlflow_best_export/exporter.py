@@ -24,8 +24,7 @@ from mlflow_best_export import fs, ranking, retention
 from mlflow_best_export.exports import Export, ExportDirLock
 from mlflow_best_export.history import EvalHistory, HistoryReader
 from mlflow_best_export.keeper import Candidate, Keeper
-from mlflow_best_export.mirror import BackgroundSync, Mirror, kept_snapshot
-from mlflow_best_export.tracking import redact_text
+from mlflow_best_export.mirror import MirrorSession, MirrorSettings, validate_flag
 
 logger = logging.getLogger(__name__)
 
@@ -114,49 +113,6 @@ def _validate_assets_extra(assets_extra: Any) -> dict[str, str]:
             )
         checked[dest] = source
     return checked
-
-
-def _validate_optional_str(value: Any, argument: str, example: str) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(
-            f"`{argument}` must be a non-empty string such as {example}, or None; got {value!r}."
-        )
-    return value
-
-
-def _validate_timeout(value: Any, argument: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-        raise ValueError(
-            f"`{argument}` must be a number of seconds >= 0, or None to wait without limit; "
-            f"got {value!r}."
-        )
-    return float(value)
-
-
-def _validate_flag(value: Any, argument: str) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"`{argument}` must be True or False, got {value!r}.")
-    return value
-
-
-def _active_run_id(tracking_uri: str | None) -> str | None:
-    """The fluent API's active run, if it lives where this exporter logs.
-
-    Read on the training thread: the fluent API keeps the active run per thread,
-    and the MLflow work happens on a worker thread.
-    """
-    import mlflow
-
-    run = mlflow.active_run()
-    if run is None:
-        return None
-    if tracking_uri is not None and tracking_uri != mlflow.get_tracking_uri():
-        return None
-    return run.info.run_id
 
 
 def _candidate_step(eval_result: Mapping[str, Any], checkpoint_path: str | None) -> int:
@@ -268,8 +224,6 @@ class MLflowBestExporter(tf.estimator.BestExporter):
         strict: bool = False,
         flush_timeout: float | None = 600.0,
     ):
-        from mlflow_best_export import registry
-
         name = _validate_name(name)
         _validate_serving_input_receiver_fn(serving_input_receiver_fn)
         event_file_pattern = _validate_event_file_pattern(event_file_pattern)
@@ -278,22 +232,18 @@ class MLflowBestExporter(tf.estimator.BestExporter):
         if not isinstance(as_text, bool):
             raise ValueError(f"`as_text` must be True or False, got {as_text!r}.")
         policy = retention.retention_policy(exports_to_keep)
-        self._log_to_mlflow = _validate_flag(log_to_mlflow, "log_to_mlflow")
-        self._tracking_uri = _validate_optional_str(
-            tracking_uri, "tracking_uri", "'http://mlflow:5000' or 'sqlite:///mlflow.db'"
+        settings = MirrorSettings(
+            tracking_uri=tracking_uri,
+            registry_uri=registry_uri,
+            experiment_name=experiment_name,
+            run_id=run_id,
+            run_name=run_name,
+            registered_model_name=registered_model_name,
+            alias=alias,
+            strict=strict,
+            flush_timeout=flush_timeout,
         )
-        self._registry_uri = _validate_optional_str(
-            registry_uri, "registry_uri", "'http://mlflow:5000'"
-        )
-        self._experiment_name = _validate_optional_str(
-            experiment_name, "experiment_name", "'my-estimator'"
-        )
-        self._run_id = _validate_optional_str(run_id, "run_id", "a run's 32-character id")
-        self._run_name = _validate_optional_str(run_name, "run_name", "'nightly'")
-        self._registered_model_name = registry.validate_registered_model_name(registered_model_name)
-        self._alias = None if alias is None else registry.validate_alias(alias)
-        self._strict = _validate_flag(strict, "strict")
-        self._flush_timeout = _validate_timeout(flush_timeout, "flush_timeout")
+        self._mlflow = settings if validate_flag(log_to_mlflow, "log_to_mlflow") else None
         super().__init__(
             name=name,
             serving_input_receiver_fn=serving_input_receiver_fn,
@@ -316,7 +266,7 @@ class MLflowBestExporter(tf.estimator.BestExporter):
         self._bound_to: tuple[str, str] | None = None
         self._export_steps: dict[str, int | None] = {}
         self._unrecoverable_warned: set[int] = set()
-        self._sync: BackgroundSync | None = None
+        self._session: MirrorSession | None = None
 
     @property
     def compare_fn(self) -> ranking.CompareFn:
@@ -428,7 +378,8 @@ class MLflowBestExporter(tf.estimator.BestExporter):
             )
 
         remaining = self._retire(kept)
-        self._mirror(history, [c.source for c in remaining], final=is_the_final_export)
+        if self._session is not None:
+            self._session.request(history, [c.source for c in remaining], final=is_the_final_export)
         return new_export
 
     # -- binding to a model directory ------------------------------------------------------
@@ -449,28 +400,19 @@ class MLflowBestExporter(tf.estimator.BestExporter):
         self._export_steps.clear()
         self._unrecoverable_warned.clear()
         self._bound_to = (model_dir, export_base)
-        if self._log_to_mlflow:
-            self._sync = BackgroundSync(
-                Mirror(
-                    model_dir=model_dir,
-                    exporter_name=self.name,
-                    tracking_uri=self._tracking_uri,
-                    registry_uri=self._registry_uri,
-                    experiment_name=self._experiment_name,
-                    run_id=self._run_id or _active_run_id(self._tracking_uri),
-                    run_name=self._run_name,
-                    registered_model_name=self._registered_model_name,
-                    alias=self._alias,
-                    comparison=self._comparison,
-                ),
-                strict=self._strict,
+        if self._mlflow is not None:
+            self._session = self._mlflow.start(
+                model_dir=model_dir,
+                export_base=export_base,
+                exporter_name=self.name,
+                comparison=self._comparison,
             )
 
     def _release(self) -> None:
-        sync, self._sync = self._sync, None
+        session, self._session = self._session, None
         try:
-            if sync is not None:
-                self._finish(sync)
+            if session is not None:
+                session.close()
         finally:
             if self._lock is not None:
                 self._lock.release()
@@ -487,9 +429,7 @@ class MLflowBestExporter(tf.estimator.BestExporter):
         Raises:
           The last MLflow failure, when ``strict=True``.
         """
-        if self._sync is None:
-            return True
-        return self._sync.flush(timeout)
+        return self._session is None or self._session.flush(timeout)
 
     def close(self) -> None:
         """Wait (up to ``flush_timeout``) for MLflow, then release the export directory.
@@ -498,43 +438,6 @@ class MLflowBestExporter(tf.estimator.BestExporter):
           The last MLflow failure, when ``strict=True``.
         """
         self._release()
-
-    def _finish(self, sync: BackgroundSync) -> None:
-        done = sync.close(self._flush_timeout)
-        if not done:
-            logger.warning(
-                "MLflow is not yet in step with %s; run `mlflow-best-export sync` or restart "
-                "training to finish.",
-                self._bound_to[1] if self._bound_to else "the export directory",
-            )
-
-    # -- the MLflow mirror ----------------------------------------------------------------
-
-    def _mirror(self, history: EvalHistory, kept: list[Export], *, final: bool) -> None:
-        if self._sync is None:
-            return
-        self._sync.request(kept_snapshot(history, kept))
-        if final:
-            # The process is about to end: wait for MLflow so the run is complete.
-            self._finish_final()
-
-    def _finish_final(self) -> None:
-        sync = self._sync
-        done = sync.flush(self._flush_timeout)
-        if done:
-            try:
-                sync.mirror.finish_run()
-            except Exception as err:  # noqa: BLE001 - an MLflow outage must not stop training
-                if self._strict:
-                    raise
-                logger.warning("Could not mark the MLflow run finished: %s", redact_text(err))
-        else:
-            # flush() is also False at once when the last attempt failed: say both.
-            logger.warning(
-                "MLflow is not in step after the final export (it is failing, or did not "
-                "catch up within %s s); run `mlflow-best-export sync` to finish.",
-                self._flush_timeout,
-            )
 
     # -- decisions ----------------------------------------------------------------------
 

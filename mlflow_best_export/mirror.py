@@ -461,6 +461,173 @@ class BackgroundSync:
             logger.info("MLflow sync: %s", self.last_report.summary())
 
 
+def _validate_optional_str(value: Any, argument: str, example: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(
+            f"`{argument}` must be a non-empty string such as {example}, or None; got {value!r}."
+        )
+    return value
+
+
+def _validate_timeout(value: Any, argument: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise ValueError(
+            f"`{argument}` must be a number of seconds >= 0, or None to wait without limit; "
+            f"got {value!r}."
+        )
+    return float(value)
+
+
+def validate_flag(value: Any, argument: str) -> bool:
+    """``value`` if it is a bool; else a ValueError naming ``argument``."""
+    if not isinstance(value, bool):
+        raise ValueError(f"`{argument}` must be True or False, got {value!r}.")
+    return value
+
+
+def _active_run_id(tracking_uri: str | None) -> str | None:
+    """The fluent API's active run, if it lives where the exporter logs.
+
+    Read on the training thread: the fluent API keeps the active run per thread,
+    and the MLflow work happens on a worker thread.
+    """
+    import mlflow
+
+    run = mlflow.active_run()
+    if run is None:
+        return None
+    if tracking_uri is not None and tracking_uri != mlflow.get_tracking_uri():
+        return None
+    return run.info.run_id
+
+
+@dataclass(frozen=True)
+class MirrorSettings:
+    """An exporter's MLflow options, checked when it is constructed.
+
+    The fields are ``MLflowBestExporter``'s keyword-only MLflow arguments of the
+    same names (its docstring says what each means).
+
+    Raises:
+      ValueError: a field is invalid; the message names the argument.
+    """
+
+    tracking_uri: str | None = None
+    registry_uri: str | None = None
+    experiment_name: str | None = None
+    run_id: str | None = None
+    run_name: str | None = None
+    registered_model_name: str | None = None
+    alias: str | None = "best"
+    strict: bool = False
+    flush_timeout: float | None = 600.0
+
+    def __post_init__(self) -> None:
+        from mlflow_best_export import registry
+
+        checked = {
+            "tracking_uri": _validate_optional_str(
+                self.tracking_uri, "tracking_uri", "'http://mlflow:5000' or 'sqlite:///mlflow.db'"
+            ),
+            "registry_uri": _validate_optional_str(
+                self.registry_uri, "registry_uri", "'http://mlflow:5000'"
+            ),
+            "experiment_name": _validate_optional_str(
+                self.experiment_name, "experiment_name", "'my-estimator'"
+            ),
+            "run_id": _validate_optional_str(self.run_id, "run_id", "a run's 32-character id"),
+            "run_name": _validate_optional_str(self.run_name, "run_name", "'nightly'"),
+            "registered_model_name": registry.validate_registered_model_name(
+                self.registered_model_name
+            ),
+            "alias": None if self.alias is None else registry.validate_alias(self.alias),
+            "strict": validate_flag(self.strict, "strict"),
+            "flush_timeout": _validate_timeout(self.flush_timeout, "flush_timeout"),
+        }
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
+
+    def start(
+        self, *, model_dir: str, export_base: str, exporter_name: str, comparison: Comparison | None
+    ) -> MirrorSession:
+        """Start mirroring one model directory, on a worker thread.
+
+        Called on the training thread, which may hold the fluent API's active run.
+        """
+        mirror = Mirror(
+            model_dir=model_dir,
+            exporter_name=exporter_name,
+            tracking_uri=self.tracking_uri,
+            registry_uri=self.registry_uri,
+            experiment_name=self.experiment_name,
+            run_id=self.run_id or _active_run_id(self.tracking_uri),
+            run_name=self.run_name,
+            registered_model_name=self.registered_model_name,
+            alias=self.alias,
+            comparison=comparison,
+        )
+        return MirrorSession(BackgroundSync(mirror, strict=self.strict), self, export_base)
+
+
+class MirrorSession:
+    """One exporter's mirroring of one model directory, from bind to release.
+
+    ``request()`` hands each export's outcome to the worker and, at the final
+    export, waits for it and marks the run finished; ``close()`` waits up to
+    ``flush_timeout`` and stops the worker. MLflow failures are warnings, and
+    raised only with ``strict=True``.
+    """
+
+    def __init__(self, sync: BackgroundSync, settings: MirrorSettings, export_base: str) -> None:
+        self._sync = sync
+        self._settings = settings
+        self._export_base = export_base
+
+    def request(self, history: EvalHistory, kept: Sequence[Export], *, final: bool) -> None:
+        """Ask for MLflow to mirror ``history`` and the ``kept`` exports.
+
+        Args:
+          history: the eval history so far.
+          kept: the kept exports, best first.
+          final: the process is about to end: wait for MLflow so the run is complete.
+        """
+        self._sync.request(kept_snapshot(history, kept))
+        if not final:
+            return
+        timeout = self._settings.flush_timeout
+        if not self._sync.flush(timeout):
+            # flush() is also False at once when the last attempt failed: say both.
+            logger.warning(
+                "MLflow is not in step after the final export (it is failing, or did not "
+                "catch up within %s s); run `mlflow-best-export sync` to finish.",
+                timeout,
+            )
+            return
+        try:
+            self._sync.mirror.finish_run()
+        except Exception as err:  # noqa: BLE001 - an MLflow outage must not stop training
+            if self._settings.strict:
+                raise
+            logger.warning("Could not mark the MLflow run finished: %s", redact_text(err))
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every request so far is mirrored; see ``BackgroundSync.flush``."""
+        return self._sync.flush(timeout)
+
+    def close(self) -> None:
+        """Wait up to ``flush_timeout`` for MLflow, then stop the worker."""
+        if not self._sync.close(self._settings.flush_timeout):
+            logger.warning(
+                "MLflow is not yet in step with %s; run `mlflow-best-export sync` or restart "
+                "training to finish.",
+                self._export_base,
+            )
+
+
 def snapshot_of(
     model_dir: str,
     *,
