@@ -229,8 +229,7 @@ class MLflowBestExporter(tf.estimator.BestExporter):
         event_file_pattern = _validate_event_file_pattern(event_file_pattern)
         ranking.check_compare_fn(compare_fn)
         assets_extra = _validate_assets_extra(assets_extra)
-        if not isinstance(as_text, bool):
-            raise ValueError(f"`as_text` must be True or False, got {as_text!r}.")
+        validate_flag(as_text, "as_text")
         policy = retention.retention_policy(exports_to_keep)
         settings = MirrorSettings(
             tracking_uri=tracking_uri,
