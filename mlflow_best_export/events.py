@@ -16,14 +16,12 @@ inside it) is left for a later ``read()``; a CRC mismatch or a payload that is
 not an ``Event`` logs one warning naming the file and byte offset, keeps every
 whole record before it and stops reading that file for good.
 
-Speed: a full read decodes every record, so the per-value Python work
-dominates. Event files repeat the same few layouts over and over (the same
-tags, dtypes and metadata, only the numbers change), so the decoder learns the
-byte layout of an event it has decoded with protobuf and afterwards decodes
-events with the same layout with one regular expression match (which checks
-every byte that is not a number) and one ``struct`` unpack. The layouts are
-sound by construction: everything but fixed-width numbers and opaque image or
-audio bytes must be identical, so protobuf would decode the event the same way.
+Speed: the framing, both CRCs and the walk over each Event's fields are compiled
+(``_wire``, with numba); the walk reads what TensorFlow's writers write and hands
+every other record to protobuf, which decides whether it is an Event at all. No
+path depends on one writer's byte layout. What a list of (tag, kind, plugin)
+values yields is planned once per list, and the events of one plan are built
+together, column by column (``EventColumns``).
 
 This module imports neither TensorFlow nor MLflow; it parses with the protos
 that ``tensorboard`` ships, and reads files through ``fs`` (TensorFlow is
@@ -33,23 +31,25 @@ imported there only for a ``scheme://`` path).
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import os
-import re
 import struct
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import crc32c
+import numpy as np
 from google.protobuf.message import DecodeError
 from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, types_pb2
 
-from mlflow_best_export import fs
+from mlflow_best_export import _wire, fs
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TAIL_SIZE", "EventFileReader", "RawEvent", "ScalarEvent", "read_events"]
+__all__ = ["TAIL_SIZE", "EventColumns", "EventFileReader", "RawEvent", "ScalarEvent", "read_events"]
 
 #: How many of the last bytes consumed ``EventFileReader.last_bytes`` keeps.
 TAIL_SIZE = 16
@@ -60,7 +60,7 @@ _HEADER_SIZE = 12
 _FOOTER_SIZE = 4
 # Large enough for few system calls, small enough that the events decoded from one
 # buffer stay in the CPU caches; a record larger than this gets a buffer of its size.
-_CHUNK_SIZE = 1 << 20
+_CHUNK_SIZE = 1 << 22
 
 _CHECKPOINT_PATH_TAG = "checkpoint_path"
 _SCALARS_PLUGIN = "scalars"
@@ -93,6 +93,26 @@ class ScalarEvent(NamedTuple):
 RawEvent = tuple[float, int, tuple[str, ...], tuple[float, ...], "dict[str, str] | None"]
 
 
+class EventColumns(NamedTuple):
+    """Events by column, in file order: event ``i`` is the ``RawEvent``
+    ``(wall_times[i], steps[i], tags[i], values[i], strings[i])``, whose values may be
+    a list. ``zip(*columns)`` gives the events."""
+
+    wall_times: list[float]
+    steps: list[int]
+    tags: list[tuple[str, ...]]
+    values: list[Sequence[float]]
+    strings: list[dict[str, str] | None]
+
+    @classmethod
+    def empty(cls) -> EventColumns:
+        return cls([], [], [], [], [])
+
+    def append(self, event: RawEvent) -> None:
+        for column, item in zip(self, event, strict=True):
+            column.append(item)
+
+
 def _scalar_event(raw: RawEvent) -> ScalarEvent:
     wall_time, step, tags, values, strings = raw
     # Keys and values have the same length by construction; strict=True costs 30%.
@@ -119,9 +139,6 @@ class EventFileReader:
         self._offset = offset
         self._damaged = False
         self._warned_errors: set[int | None] = set()
-        # Masked CRCs of record lengths already verified: the length CRC is a pure
-        # function of the length, and records of one file share a few lengths.
-        self._length_crcs: dict[int, int] = {}
         self._decoder = _Decoder()
         self._last_bytes = b""
 
@@ -170,7 +187,18 @@ class EventFileReader:
         Returns:
             The events, in file order.
         """
-        events: list[RawEvent] = []
+        return list(zip(*self.read_columns(max_bytes), strict=True))
+
+    def read_columns(self, max_bytes: int | None = None) -> EventColumns:
+        """Like ``read_raw()``, with the events by column, for bulk readers.
+
+        Args:
+            max_bytes: as for ``read()``.
+
+        Returns:
+            The events, in file order.
+        """
+        events = EventColumns.empty()
         if self._damaged:
             return events
         try:
@@ -190,7 +218,7 @@ class EventFileReader:
         return events
 
     def _read_records(
-        self, file: io.RawIOBase, available: int, budget: int, events: list[RawEvent]
+        self, file: io.RawIOBase, available: int, budget: int, events: EventColumns
     ) -> None:
         # Read only what existed when the read started: bytes appended meanwhile
         # are picked up by the next call, so every call ends.
@@ -228,7 +256,7 @@ class EventFileReader:
             view.release()
 
     def _scan(
-        self, buf: bytearray, view: memoryview, end: int, events: list[RawEvent]
+        self, buf: bytearray, view: memoryview, end: int, events: EventColumns
     ) -> tuple[int, int]:
         """Decode the whole records in ``buf[:end]``.
 
@@ -236,65 +264,28 @@ class EventFileReader:
             ``(used, needed)``: bytes of whole records consumed, and the size of
             the record that is incomplete at ``used`` (or of its header).
         """
-        # The hot loop of a full read: everything it touches is a local name, and
-        # the learned-layout fast path is inlined. Writers repeat a cycle of layouts
-        # (TF2: one per tag), so the layout that followed the last one is tried first.
-        unpack_header = _HEADER.unpack_from
-        unpack_u32 = _U32.unpack_from
-        crc = crc32c.crc32c
-        length_crcs = self._length_crcs
-        layouts_of = self._decoder.layouts.get
-        decode_other = self._decoder.decode_other
-        append = events.append
-        previous = expected = None
+        tables = _tables()
+        data = np.frombuffer(buf, np.uint8, end)
         pos = 0
-        while end - pos >= _HEADER_SIZE:
-            length, length_crc = unpack_header(buf, pos)
-            if length_crcs.get(length) != length_crc:
-                if _masked_crc(view[pos : pos + 8]) != length_crc:
-                    self._stop(pos, "the CRC of its length does not match")
-                    return pos, 0
-                length_crcs[length] = length_crc
-            start = pos + _HEADER_SIZE
-            stop = start + length
-            if stop + _FOOTER_SIZE > end:
-                return pos, _HEADER_SIZE + length + _FOOTER_SIZE
-            value = crc(view[start:stop])
-            if ((value >> 15 | value << 17) + 0xA282EAD8) & 0xFFFFFFFF != unpack_u32(buf, stop)[0]:
-                self._stop(pos, "the CRC of its data does not match")
+        try:
+            while True:
+                count, signatures, after, why = tables.scan(data, pos, end)
+                damage = self._decoder.collect(buf, view, data, tables, count, signatures, events)
+                if damage is not None:
+                    self._stop(*damage)
+                    return damage[0], 0
+                pos = after
+                if why == _wire.FULL:
+                    continue
+                if why == _wire.MORE:
+                    if end - pos < _HEADER_SIZE:
+                        return pos, _HEADER_SIZE
+                    return pos, _HEADER_SIZE + _HEADER.unpack_from(buf, pos)[0] + _FOOTER_SIZE
+                reason = "length" if why == _wire.BAD_LENGTH_CRC else "data"
+                self._stop(pos, f"the CRC of its {reason} does not match")
                 return pos, 0
-            pos = stop + _FOOTER_SIZE
-            layout = expected
-            if layout is None or layout.size != length or not layout.fullmatch(buf, start, stop):
-                layout = None
-                for candidate in layouts_of(length, ()):
-                    if candidate.fullmatch(buf, start, stop):
-                        layout = candidate
-                        break
-                if previous is not None:
-                    previous.successor = layout
-            if layout is not None:
-                append(layout.decode(buf, start))
-                previous = layout
-                expected = layout.successor
-                if expected is layout:
-                    # The same layout again and again: one match for the whole run.
-                    pos, damaged = layout.decode_run(buf, view, pos, end, append)
-                    if damaged:
-                        self._stop(pos, "the CRC of its data does not match")
-                        return pos, 0
-                continue
-            # Learning a layout may forget the others: predict nothing from here.
-            previous = expected = None
-            try:
-                event = decode_other(buf, view, start, stop)
-            except DecodeError:
-                pos = start - _HEADER_SIZE
-                self._stop(pos, "its data is not an Event protocol buffer")
-                return pos, 0
-            if event is not None:
-                append(event)
-        return pos, _HEADER_SIZE
+        finally:
+            del data
 
     def _stop(self, pos: int, reason: str) -> None:
         self._damaged = True
@@ -328,11 +319,44 @@ def _masked_crc(data: bytes | memoryview) -> int:
 # -- decoding ---------------------------------------------------------------------------
 
 
+class _Tables:
+    """The compiled scan's output tables, reused from one buffer to the next."""
+
+    RECORDS = 4096
+    VALUES = 32768
+
+    def __init__(self) -> None:
+        self.records = np.zeros((self.RECORDS, _wire.RECORD_COLUMNS), np.int64)
+        self.walls = np.zeros(self.RECORDS, np.float64)
+        self.values = np.zeros((self.VALUES, _wire.VALUE_COLUMNS), np.int64)
+        self.numbers = np.zeros(self.VALUES, np.float64)
+        self.exemplars = np.zeros(_wire.MAX_SIGNATURES, np.int64)
+        self._scratch = _wire.scratch_views()
+
+    def scan(self, data: np.ndarray, pos: int, end: int) -> tuple[int, int, int, int]:
+        """``_wire.scan`` of ``data[pos:end]`` into these tables."""
+        _wire.compile_all()
+        return _wire.scan(
+            data, pos, end, _CRC_TABLE, _DTYPE_CLASSES, self.records, self.walls,
+            self.values, self.numbers, self.exemplars, *self._scratch,
+        )  # fmt: skip
+
+
+_local = threading.local()
+
+
+def _tables() -> _Tables:
+    # One set per thread: readers run in training's thread and in the sync worker.
+    tables = getattr(_local, "tables", None)
+    if tables is None:
+        tables = _local.tables = _Tables()
+    return tables
+
+
 @dataclass(frozen=True)
 class _Dtype:
     """How to read the value of a rank-0 tensor of one numeric dtype."""
 
-    code: str | None  # struct code of `tensor_content` for learned layouts; None: no fast path
     size: int  # bytes in `tensor_content`
     field: str  # the repeated `*_val` field of TensorProto
     from_content: Callable[[bytes], float]
@@ -372,7 +396,7 @@ def _bfloat16_from_content(content: bytes) -> float:
 
 
 def _numeric(code: str, field: str) -> _Dtype:
-    return _Dtype(code, struct.calcsize("<" + code), field, _unpacker(code))
+    return _Dtype(struct.calcsize("<" + code), field, _unpacker(code))
 
 
 _DTYPES: dict[int, _Dtype] = {
@@ -387,59 +411,252 @@ _DTYPES: dict[int, _Dtype] = {
     types_pb2.DT_UINT32: _numeric("I", "uint32_val"),
     types_pb2.DT_UINT64: _numeric("Q", "uint64_val"),
     # half_val holds the uint16 bit patterns of the values.
-    types_pb2.DT_HALF: _Dtype("e", 2, "half_val", _unpacker("e"), _half_from_bits),
-    types_pb2.DT_BFLOAT16: _Dtype(None, 2, "half_val", _bfloat16_from_content, _bfloat16_from_bits),
+    types_pb2.DT_HALF: _Dtype(2, "half_val", _unpacker("e"), _half_from_bits),
+    types_pb2.DT_BFLOAT16: _Dtype(2, "half_val", _bfloat16_from_content, _bfloat16_from_bits),
 }
 
-# How a value was read, for learning the layout of its event (or a _Dtype, or None).
-_SIMPLE = "simple"
-_STRING = "string"
-_MEDIA = "media"
+
+def _dtype_classes() -> np.ndarray:
+    classes = np.full(256, _wire.D_OTHER, np.int64)
+    classes[list(_DTYPES)] = _wire.D_PROTOBUF  # read by protobuf: the rarer numeric dtypes
+    classes[types_pb2.DT_FLOAT] = _wire.D_FLOAT
+    classes[types_pb2.DT_DOUBLE] = _wire.D_DOUBLE
+    classes[types_pb2.DT_INT32] = _wire.D_INT32
+    classes[types_pb2.DT_INT64] = _wire.D_INT64
+    classes[types_pb2.DT_STRING] = _wire.D_STRING
+    return classes
+
+
+_CRC_TABLE = _wire.crc_tables()
+_DTYPE_CLASSES = _dtype_classes()
+
+# One value of an event as the decoder sees it: (tag, kind, plugin name).
+_Entry = tuple[str, int, str]
+# What to make of the values of one signature: (scalar tags, the indexes of their
+# values, None for all in order; (tag, value index) of the strings); or _NOTHING.
+_Plan = tuple[tuple[str, ...], "tuple[int, ...] | None", "tuple[tuple[str, int], ...]"]
+_NOTHING = ((), None, ())
+
+
+def _texts(buf: bytearray, rows: np.ndarray) -> Iterator[str]:
+    """The text of each value row, decoded as protobuf's users do (invalid UTF-8 replaced)."""
+    spans = rows[:, _wire.V_TEXT : _wire.V_TEXT_END + 1].tolist()
+    chunks = map(buf.__getitem__, itertools.starmap(slice, spans))
+    return map(bytearray.decode, chunks, itertools.repeat("utf-8"), itertools.repeat("replace"))
 
 
 class _Decoder:
-    """Decodes the Events of one file, remembering what each tag holds.
+    """Turns the values of one file's events into scalars and strings.
 
     Writers put a value's ``metadata`` (which plugin wrote it) only on the
     first occurrence of its tag, so the plugin is remembered per tag and the
-    later values of the tag are treated the same way.
+    later values of the tag are treated the same way. What a list of
+    (tag, kind, plugin) entries yields is worked out once and kept, until a
+    tag's plugin changes.
     """
 
-    # Bounds on layout learning, so that a file whose events never repeat a
-    # layout costs little more than decoding them with protobuf alone.
-    MAX_ATTEMPTS = 256
-    MAX_PER_SIZE = 4
-    MAX_STRETCHY = 8
+    MAX_PLANS = 4096
 
     def __init__(self) -> None:
         self._plugins: dict[str, str] = {}
-        #: Learned layouts by event size; cleared in place, never replaced.
-        self.layouts: dict[int, list[_Layout]] = {}
-        # Layouts of events with image or audio bytes, which change size from event to event.
-        self._stretchy: list[_StretchyLayout] = []
-        self._seen_sizes: set[int] = set()
-        self._attempts = 0
-        self._plugin_changes = 0
+        self._plans: dict[tuple[_Entry, ...], _Plan] = {}
+        self._changes = 0
 
-    def decode_other(
-        self, buf: bytearray, view: memoryview, start: int, stop: int
-    ) -> RawEvent | None:
-        """Decode the Event in ``buf[start:stop]`` that no layout of its size matched.
+    def roles(self, entries: Sequence[_Entry]) -> tuple[dict[str, int], dict[str, int]]:
+        """``({tag: value index} of the scalars, {tag: value index} of the strings)``."""
+        scalars: dict[str, int] = {}
+        strings: dict[str, int] = {}
+        for index, (tag, kind, plugin) in enumerate(entries):
+            if kind == _wire.K_SIMPLE:
+                scalars[tag] = index
+                continue
+            if kind < _wire.K_NUMBER:
+                continue  # images, audio, histograms, or no value at all
+            if plugin:
+                if self._plugins.get(tag) != plugin:
+                    self._plugins[tag] = plugin
+                    self._changes += 1
+                    self._plans.clear()  # they embed the decision of the old plugin
+            else:
+                plugin = self._plugins.get(tag, "")
+            if plugin not in ("", _SCALARS_PLUGIN, _TEXT_PLUGIN):
+                continue  # images, histograms, audio, ... whatever their dtype
+            if kind == _wire.K_STRING and plugin != _SCALARS_PLUGIN:
+                strings[tag] = index
+            elif kind == _wire.K_NUMBER and plugin != _TEXT_PLUGIN:
+                scalars[tag] = index
+        return scalars, strings
+
+    def plan(self, entries: tuple[_Entry, ...]) -> tuple[_Plan, bool]:
+        """The plan of ``entries``, and whether it holds for later events (no plugin changed)."""
+        plan = self._plans.get(entries)
+        if plan is not None:
+            return plan, True
+        changes = self._changes
+        scalars, strings = self.roles(entries)
+        if scalars or strings:
+            slots = tuple(scalars.values())
+            plan = (
+                tuple(scalars),
+                None if slots == tuple(range(len(entries))) else slots,
+                tuple(strings.items()),
+            )
+        else:
+            plan = _NOTHING
+        if changes != self._changes:
+            return plan, False
+        if len(self._plans) >= self.MAX_PLANS:
+            self._plans.clear()
+        self._plans[entries] = plan
+        return plan, True
+
+    def collect(
+        self,
+        buf: bytearray,
+        view: memoryview,
+        data: np.ndarray,
+        tables: _Tables,
+        count: int,
+        signatures: int,
+        events: EventColumns,
+    ) -> tuple[int, str] | None:
+        """Append the events of the ``count`` records ``tables`` holds.
 
         Returns:
-            The event's scalars and strings, or None if it has neither.
-
-        Raises:
-            DecodeError: the bytes are not an Event.
+            None, or ``(offset, reason)`` of the first damaged record.
         """
-        for layout in self._stretchy:
-            event = layout.decode(buf, start, stop)
+        records = tables.records[:count]
+        damage = None
+        # Data CRCs left to crc32c (large records): the first mismatch ends the records.
+        deferred = np.flatnonzero(records[:, _wire.R_CRC])
+        if len(deferred):
+            spans = records[deferred, _wire.R_START : _wire.R_STOP + 1]
+            footers = data[spans[:, 1:] + np.arange(4)].view("<u4")[:, 0]
+            for index, (start, stop), footer in zip(
+                deferred.tolist(), spans.tolist(), footers.tolist(), strict=True
+            ):
+                if _masked_crc(view[start:stop]) != footer:
+                    damage = (start - _HEADER_SIZE, "the CRC of its data does not match")
+                    count = index
+                    break
+        # Records protobuf decodes, in file order: they may change a tag's plugin.
+        begin = 0
+        fallback = records[:count, _wire.R_STATUS] == _wire.FALLBACK
+        for index in (*np.flatnonzero(fallback).tolist(), count):
+            self._values(buf, tables, begin, index, events)
+            if index == count:
+                break
+            begin = index + 1
+            start, stop = records[index, _wire.R_START : _wire.R_STOP + 1].tolist()
+            try:
+                event = self.decode_event(view[start:stop])
+            except DecodeError:
+                return start - _HEADER_SIZE, "its data is not an Event protocol buffer"
             if event is not None:
-                return event
-        return self.decode_event(view[start:stop])
+                events.append(event)
+        return damage
+
+    def _values(
+        self, buf: bytearray, tables: _Tables, begin: int, end: int, events: EventColumns
+    ) -> None:
+        """Append the events of the records ``begin:end`` that the scan decoded.
+
+        Column-wise: the events of one signature are built together. A plan that
+        changed a tag's plugin holds for its own record only; the records after it
+        are planned again.
+        """
+        while begin < end:
+            records = tables.records[begin:end]
+            decoded = np.flatnonzero(records[:, _wire.R_STATUS] == _wire.VALUES)
+            if not len(decoded):
+                return
+            signature_of = records[decoded, _wire.R_SIG]
+            found, firsts = np.unique(signature_of, return_index=True)
+            plans: dict[int, _Plan] = {}
+            cut = end
+            for first, signature in sorted(zip(firsts.tolist(), found.tolist(), strict=True)):
+                plan, lasting = self.plan(self._entries(buf, tables, signature))
+                if not lasting:
+                    cut = begin + int(decoded[first])
+                    self._emit(buf, tables, begin, cut, plans, events)
+                    self._emit(buf, tables, cut, cut + 1, {signature: plan}, events)
+                    break
+                plans[signature] = plan
+            else:
+                self._emit(buf, tables, begin, end, plans, events)
+                return
+            begin = cut + 1
+
+    @staticmethod
+    def _emit(
+        buf: bytearray,
+        tables: _Tables,
+        begin: int,
+        end: int,
+        plans: dict[int, _Plan],
+        events: EventColumns,
+    ) -> None:
+        """Append the events of the decoded records ``begin:end``, whose plans are known."""
+        records = tables.records[begin:end]
+        decoded = np.flatnonzero(records[:, _wire.R_STATUS] == _wire.VALUES)
+        signature_of = records[decoded, _wire.R_SIG]
+        wanted = [signature for signature, plan in plans.items() if plan is not _NOTHING]
+        if len(wanted) < len(plans):
+            keep = np.isin(signature_of, wanted)
+            decoded, signature_of = decoded[keep], signature_of[keep]
+        if not len(decoded):
+            return
+        values: list[Iterator[list[float]]] = []
+        strings: list[Iterator[dict[str, str] | None]] = []
+        for signature in wanted:
+            tags, slots, texts = plans[signature]
+            rows = decoded[signature_of == signature] if len(wanted) > 1 else decoded
+            firsts = records[rows, _wire.R_V0]
+            if slots is None:
+                slots = range(int(records[rows[0], _wire.R_V1] - firsts[0]))
+            values.append(
+                iter(tables.numbers[firsts[:, None] + np.asarray(slots, np.int64)].tolist())
+            )
+            if not texts:
+                strings.append(itertools.repeat(None))
+                continue
+            columns = [_texts(buf, tables.values[firsts + slot]) for _, slot in texts]
+            if len(texts) == 1:
+                strings.append(map(dict.fromkeys, itertools.repeat((texts[0][0],)), columns[0]))
+            else:
+                names = itertools.repeat([tag for tag, _ in texts])
+                strings.append(map(dict, map(zip, names, zip(*columns, strict=True))))
+        events.wall_times.extend(tables.walls[begin:end][decoded].tolist())
+        events.steps.extend(records[decoded, _wire.R_STEP].tolist())
+        if len(wanted) == 1:
+            events.tags.extend(itertools.repeat(plans[wanted[0]][0], len(decoded)))
+            events.values.extend(values[0])
+            events.strings.extend(itertools.islice(strings[0], len(decoded)))
+            return
+        # Each record takes the next item of its signature's columns.
+        part_of = np.zeros(int(signature_of.max()) + 1, np.int64)
+        part_of[wanted] = np.arange(len(wanted))
+        parts = part_of[signature_of].tolist()
+        tags_of = [plans[signature][0] for signature in wanted]
+        events.tags.extend(map(tags_of.__getitem__, parts))
+        events.values.extend(map(next, map(values.__getitem__, parts)))
+        events.strings.extend(map(next, map(strings.__getitem__, parts)))
+
+    @staticmethod
+    def _entries(buf: bytearray, tables: _Tables, signature: int) -> tuple[_Entry, ...]:
+        record = tables.records[tables.exemplars[signature]]
+        rows = tables.values[record[_wire.R_V0] : record[_wire.R_V1]].tolist()
+        return tuple(
+            (
+                buf[row[_wire.V_TAG] : row[_wire.V_TAG_END]].decode("ascii"),
+                row[_wire.V_KIND],
+                buf[row[_wire.V_PLUGIN] : row[_wire.V_PLUGIN_END]].decode("ascii"),
+            )
+            for row in rows
+        )
 
     def decode_event(self, data: bytes | memoryview) -> RawEvent | None:
-        """Decode one serialized Event with protobuf, and learn its layout.
+        """Decode one serialized Event with protobuf.
 
         Returns:
             The event's scalars and strings, or None if it has neither.
@@ -450,452 +667,42 @@ class _Decoder:
         event = event_pb2.Event.FromString(data)
         if event.WhichOneof("what") != "summary":
             return None
-        scalars: dict[str, float] = {}
-        strings: dict[str, str] = {}
-        roles: list[tuple[str, object]] = []
-        changes = self._plugin_changes
+        entries = []
+        found = []
         for value in event.summary.value:
-            roles.append((value.tag, self._decode_value(value, scalars, strings)))
+            kind, found_value = _classify(value)
+            entries.append((value.tag, kind, value.metadata.plugin_data.plugin_name))
+            found.append(found_value)
+        scalars, strings = self.roles(entries)
         if not scalars and not strings:
             return None
-        # If a tag's plugin changed within this event, its earlier values were read
-        # under the old plugin, which the next event with these bytes would not do.
-        if scalars and not strings and changes == self._plugin_changes:
-            self._learn(data, roles)
         return (
             event.wall_time,
             event.step,
             tuple(scalars),
-            tuple(scalars.values()),
-            strings or None,
+            tuple(found[i] for i in scalars.values()),
+            {tag: found[i] for tag, i in strings.items()} or None,
         )
 
-    def _decode_value(
-        self, value: summary_pb2.Summary.Value, scalars: dict[str, float], strings: dict[str, str]
-    ) -> object:
-        """Put one value into ``scalars`` or ``strings``; return how it was read."""
-        kind = value.WhichOneof("value")
-        tag = value.tag
-        if kind == "simple_value":
-            scalars[tag] = value.simple_value
-            return _SIMPLE
-        if kind != "tensor":
-            return _MEDIA if kind in ("image", "audio") else None
-        plugin = value.metadata.plugin_data.plugin_name
-        if plugin:
-            if self._plugins.get(tag) != plugin:
-                self._plugins[tag] = plugin
-                self._plugin_changes += 1
-                # Layouts of values without metadata embed the decision of the old plugin.
-                self.layouts.clear()
-                self._stretchy.clear()
-        else:
-            plugin = self._plugins.get(tag, "")
-        if plugin not in ("", _SCALARS_PLUGIN, _TEXT_PLUGIN):
-            return None  # images, histograms, audio, ... whatever their dtype
-        tensor = value.tensor
-        shape = tensor.tensor_shape
-        if shape.unknown_rank or len(shape.dim):
-            return None
-        if tensor.dtype == types_pb2.DT_STRING:
-            if plugin == _SCALARS_PLUGIN or len(tensor.string_val) > 1:
-                return None
-            text = tensor.string_val[0] if tensor.string_val else b""
-            strings[tag] = text.decode("utf-8", errors="replace")
-            return _STRING
-        dtype = _DTYPES.get(tensor.dtype)
-        if dtype is None or plugin == _TEXT_PLUGIN:
-            return None
-        number = dtype.value(tensor)
-        if number is None:
-            return None
-        scalars[tag] = number
-        return dtype
 
-    def _learn(self, data: bytes | memoryview, roles: Sequence[tuple[str, object]]) -> None:
-        size = len(data)
-        has_media = any(role is _MEDIA for _, role in roles)
-        # A layout pays off only if it repeats: learn on the second event of a size,
-        # or at once for events with media, whose size differs every time.
-        if not has_media and size not in self._seen_sizes:
-            if len(self._seen_sizes) > 4096:
-                self._seen_sizes.clear()
-            self._seen_sizes.add(size)
-            return
-        if self._attempts >= self.MAX_ATTEMPTS:
-            return
-        self._attempts += 1
-        layout = _learn_layout(bytes(data), roles)
-        if layout is None:
-            return
-        if isinstance(layout, _StretchyLayout):
-            if len(self._stretchy) >= self.MAX_STRETCHY:
-                del self._stretchy[0]
-            self._stretchy.append(layout)
-            return
-        bucket = self.layouts.setdefault(size, [])
-        if len(bucket) >= self.MAX_PER_SIZE:
-            del bucket[0]
-        bucket.append(layout)
-
-
-# -- learned layouts ----------------------------------------------------------------------
-
-
-class _NotALayout(Exception):
-    """The event has a shape that the layout fast path does not handle."""
-
-
-# Kinds of the variable regions of a layout besides numbers (which are struct codes).
-_STEP = "step"  # the step varint, of the template's byte size
-_OPAQUE = "opaque"  # bytes of an image or audio: any content
-_LENGTH = "length"  # the length varint of a message that holds opaque bytes
-
-# Field numbers of the `value` oneof of Summary.Value.
-_VALUE_ONEOF = frozenset({2, 3, 4, 5, 6, 8})
-_VAL_NUMBERS = {f.name: f.number for f in tensor_pb2.TensorProto.DESCRIPTOR.fields}
-# (struct code, wire type) of float_val and double_val, unpacked and packed.
-_FIXED_VALS = frozenset({("f", 5), ("f", 2), ("d", 1), ("d", 2)})
-
-
-class _Field(NamedTuple):
-    number: int
-    wire: int
-    head: int  # first byte after the key: the length varint of a length-delimited field
-    start: int  # first byte of the payload
-    end: int
-
-
-class _Region(NamedTuple):
-    """Bytes of an event that may differ between events of one layout."""
-
-    offset: int
-    size: int
-    kind: str  # a struct code, _STEP, _OPAQUE or _LENGTH
-    # _OPAQUE: the length regions of the fields around it, innermost last.
-    # _LENGTH: unused.
-    lengths: tuple[_Region, ...] = ()
-    tail: int = 0  # _LENGTH: bytes after the end of its field up to the end of the event
-
-
-def _read_varint(data: bytes | bytearray, pos: int, end: int) -> tuple[int, int]:
-    result = shift = 0
-    while pos < end and shift < 64:
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
-    raise _NotALayout
-
-
-def _fields(data: bytes, pos: int, end: int) -> list[_Field]:
-    """The fields of the message in ``data[pos:end]``, in wire order."""
-    fields = []
-    while pos < end:
-        key, head = _read_varint(data, pos, end)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            start = head
-            _, pos = _read_varint(data, head, end)
-        elif wire == 1:
-            start, pos = head, head + 8
-        elif wire == 2:
-            size, start = _read_varint(data, head, end)
-            pos = start + size
-        elif wire == 5:
-            start, pos = head, head + 4
-        else:
-            raise _NotALayout  # groups
-        if pos > end:
-            raise _NotALayout
-        fields.append(_Field(number, wire, head, start, pos))
-    return fields
-
-
-def _one(fields: list[_Field], number: int) -> _Field | None:
-    found = [f for f in fields if f.number == number]
-    if len(found) > 1:
-        raise _NotALayout
-    return found[0] if found else None
-
-
-def _length_of(field: _Field, data_size: int) -> _Region:
-    return _Region(field.head, field.start - field.head, _LENGTH, tail=data_size - field.end)
-
-
-class _Walk:
-    """Finds the variable regions of one decoded event, given how each value was read."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.regions: list[_Region] = []
-        self.keys: list[str] = []
-
-    def event(self, roles: Sequence[tuple[str, object]]) -> None:
-        data = self.data
-        fields = _fields(data, 0, len(data))
-        # Exactly wall_time, an optional step and the summary, in this order.
-        if [(f.number, f.wire) for f in fields] not in ([(1, 1), (2, 0), (5, 2)], [(1, 1), (5, 2)]):
-            raise _NotALayout
-        self.regions.append(_Region(fields[0].start, 8, "d"))
-        if len(fields) == 3:
-            size = fields[1].end - fields[1].start
-            if size > 9:  # a negative step takes ten bytes: rare, left to protobuf
-                raise _NotALayout
-            self.regions.append(_Region(fields[1].start, size, _STEP))
-        summary = fields[-1]
-        values = _fields(data, summary.start, summary.end)
-        if len(values) != len(roles) or any(f.number != 1 or f.wire != 2 for f in values):
-            raise _NotALayout
-        for field, (tag, role) in zip(values, roles, strict=True):
-            self.value(field, tag, role, (summary, field))
-
-    def value(self, field: _Field, tag: str, role: object, around: tuple[_Field, ...]) -> None:
-        fields = _fields(self.data, field.start, field.end)
-        oneof = [f for f in fields if f.number in _VALUE_ONEOF]
-        if len(oneof) > 1:
-            raise _NotALayout  # protobuf keeps the last one; leave that to protobuf
-        chosen = oneof[0] if oneof else None
-        if role is _SIMPLE:
-            if chosen is None or chosen.number != 2 or chosen.wire != 5:
-                raise _NotALayout
-            self.number(chosen.start, 4, "f", tag)
-        elif isinstance(role, _Dtype):
-            if chosen is None or chosen.number != 8 or chosen.wire != 2:
-                raise _NotALayout
-            self.tensor(chosen, tag, role)
-        elif role is _MEDIA:
-            if chosen is None or chosen.number not in (4, 6) or chosen.wire != 2:
-                raise _NotALayout
-            self.media(chosen, (*around, chosen))
-        elif role is not None:
-            raise _NotALayout  # strings: the layout would match only the same text
-
-    def number(self, offset: int, size: int, code: str, tag: str) -> None:
-        self.regions.append(_Region(offset, size, code))
-        self.keys.append(tag)
-
-    def tensor(self, field: _Field, tag: str, dtype: _Dtype) -> None:
-        if dtype.code is None:
-            raise _NotALayout
-        fields = _fields(self.data, field.start, field.end)
-        content = _one(fields, 4)
-        values = _one(fields, _VAL_NUMBERS[dtype.field])
-        if content is not None and values is None:
-            if content.wire == 2 and content.end - content.start == dtype.size:
-                return self.number(content.start, dtype.size, dtype.code, tag)
-        # float_val / double_val hold fixed-width numbers, packed or not; the varint
-        # *_val fields change size with their value, so they stay with protobuf.
-        if content is None and values is not None and (dtype.code, values.wire) in _FIXED_VALS:
-            if values.end - values.start == dtype.size:
-                return self.number(values.start, dtype.size, dtype.code, tag)
-        raise _NotALayout
-
-    def media(self, field: _Field, around: tuple[_Field, ...]) -> None:
-        # Image and Audio keep their encoded bytes in field 4, a plain `bytes`
-        # field: any content parses, so only the lengths around it have to agree.
-        for inner in _fields(self.data, field.start, field.end):
-            if inner.number == 4 and inner.wire == 2:
-                lengths = tuple(_length_of(f, len(self.data)) for f in (*around, inner))
-                self.regions.append(_Region(inner.start, inner.end - inner.start, _OPAQUE, lengths))
-
-
-def _part(
-    data: bytes, regions: Sequence[_Region], begin: int, end: int
-) -> tuple[bytes, str, list[int]]:
-    """The regex and struct format of ``data[begin:end]``, whose ``regions`` may vary.
-
-    Returns:
-        ``(pattern, format, tails)``: ``tails[i]`` belongs to the length region
-        captured by group ``i + 1``.
-    """
-    pattern = []
-    fmt = ["<"]
-    tails = []
-    fixed_from = struct_at = begin
-    for region in sorted(regions):
-        offset, size, kind = region.offset, region.size, region.kind
-        pattern.append(re.escape(data[fixed_from:offset]))
-        if kind in (_STEP, _LENGTH):
-            # A varint of the same byte size as in the template.
-            varint = b"[\\x80-\\xff]{%d}[\\x00-\\x7f]" % (size - 1)
-            if kind == _LENGTH:
-                tails.append(region.tail)
-                varint = b"(" + varint + b")"
-            pattern.append(varint)
-        else:
-            pattern.append(b".{%d}" % size)
-            if kind != _OPAQUE:
-                fmt.append(f"{offset - struct_at}x{kind}")
-                struct_at = offset + size
-        fixed_from = offset + size
-    pattern.append(re.escape(data[fixed_from:end]))
-    return b"".join(pattern), "".join(fmt), tails
-
-
-def _compile(pattern: bytes) -> re.Pattern[bytes]:
-    return re.compile(pattern, re.DOTALL)
-
-
-def _needs_float(regions: Sequence[_Region]) -> bool:
-    return any(r.kind not in ("f", "d", "e", _STEP, _OPAQUE, _LENGTH) for r in regions)
-
-
-def _step_region(regions: Sequence[_Region]) -> tuple[int, int]:
-    steps = [(r.offset, r.size) for r in regions if r.kind == _STEP]
-    return steps[0] if steps else (0, 0)
-
-
-def _read_step(buf: bytearray, pos: int, size: int) -> int:
-    """The step varint of ``size`` bytes at ``pos`` (0 bytes: the step was 0)."""
-    # Unrolled for steps below 2**21, the usual ones.
-    if size == 3:
-        return (buf[pos] & 0x7F) | (buf[pos + 1] & 0x7F) << 7 | buf[pos + 2] << 14
-    if size == 2:
-        return (buf[pos] & 0x7F) | buf[pos + 1] << 7
-    if size == 1:
-        return buf[pos]
-    if size == 0:
-        return 0
-    return _read_varint(buf, pos, pos + size)[0]
-
-
-def _learn_layout(
-    data: bytes, roles: Sequence[tuple[str, object]]
-) -> _Layout | _StretchyLayout | None:
-    """The layout of ``data``, an Event decoded with ``roles``; None if unsupported."""
-    walk = _Walk(data)
-    try:
-        walk.event(roles)
-    except _NotALayout:
-        return None
-    opaque = [r for r in walk.regions if r.kind == _OPAQUE]
-    if len(opaque) == 1:
-        return _StretchyLayout(data, walk.regions, walk.keys, opaque[0])
-    return _Layout(data, walk.regions, walk.keys)
-
-
-class _Layout:
-    """The byte layout of one kind of event: fixed bytes, and where its numbers are.
-
-    ``fullmatch`` checks every fixed byte (tags, dtypes, shapes, metadata,
-    lengths) and the form of the step varint; ``decode`` then reads the
-    numbers with one ``struct`` unpack. Any event that matches decodes exactly
-    as the event the layout was learned from, except for the numbers.
-
-    Writers often write one layout many times in a row (TF1 evals: the same
-    metrics every time); ``decode_run`` checks such a run of whole framed
-    records with one match and unpacks it with one ``iter_unpack``.
-    """
-
-    __slots__ = ("size", "successor", "fullmatch", "_unpack", "_tags", "_as_float", "_step")
-    __slots__ += ("_run", "_run_unpack")
-
-    def __init__(self, data: bytes, regions: list[_Region], keys: list[str]) -> None:
-        pattern, fmt, _ = _part(data, regions, 0, len(data))
-        #: The size of the events of this layout.
-        self.size = len(data)
-        #: The layout of the record that followed the last one of this layout.
-        self.successor: _Layout | None = None
-        self.fullmatch = _compile(pattern).fullmatch
-        self._unpack = struct.Struct(fmt).unpack_from
-        self._tags = tuple(keys)
-        self._as_float = _needs_float(regions)
-        self._step = _step_region(regions)
-        # A framed record: its header is fixed by the size, its footer is the data CRC.
-        header = _HEADER.pack(self.size, _masked_crc(struct.pack("<Q", self.size)))
-        self._run = _compile(b"(?:%s%s.{4})+" % (re.escape(header), pattern)).match
-        padding = self.size - struct.calcsize(fmt)
-        self._run_unpack = struct.Struct(f"<{_HEADER_SIZE}x{fmt[1:]}{padding}xI").iter_unpack
-
-    def decode(self, buf: bytearray, start: int) -> RawEvent:
-        """The event in ``buf`` at ``start``, which ``fullmatch`` accepted."""
-        numbers = self._unpack(buf, start)
-        pos, size = self._step
-        step = _read_step(buf, start + pos, size)
-        values = tuple(map(float, numbers[1:])) if self._as_float else numbers[1:]
-        return (numbers[0], step, self._tags, values, None)
-
-    def decode_run(
-        self, buf: bytearray, view: memoryview, pos: int, end: int, append: Callable
-    ) -> tuple[int, bool]:
-        """Decode the framed records from ``pos`` on that have this layout.
-
-        Returns:
-            ``(pos, damaged)``: where the run ends, or the record whose data CRC
-            does not match.
-        """
-        match = self._run(buf, pos, end)
-        if match is None:
-            return pos, False
-        crc = crc32c.crc32c
-        tags = self._tags
-        as_float = self._as_float
-        step_at, step_size = self._step
-        size = self.size
-        framed = _HEADER_SIZE + size + _FOOTER_SIZE
-        start = pos + _HEADER_SIZE  # of the data of the record at `pos`
-        for numbers in self._run_unpack(view[pos : match.end()]):
-            value = crc(view[start : start + size])
-            if ((value >> 15 | value << 17) + 0xA282EAD8) & 0xFFFFFFFF != numbers[-1]:
-                return start - _HEADER_SIZE, True
-            at = start + step_at
-            if step_size == 3:  # _read_step, inlined for the usual case
-                step = (buf[at] & 0x7F) | (buf[at + 1] & 0x7F) << 7 | buf[at + 2] << 14
-            else:
-                step = _read_step(buf, at, step_size)
-            values = tuple(map(float, numbers[1:-1])) if as_float else numbers[1:-1]
-            append((numbers[0], step, tags, values, None))
-            start += framed
-        return start - _HEADER_SIZE, False
-
-
-class _StretchyLayout:
-    """The layout of events with one image or audio value whose bytes vary in size.
-
-    The event splits into a prefix (up to the encoded bytes), the bytes, and a
-    suffix of fixed size. Both parts are checked like a ``_Layout``; the
-    lengths of the messages around the bytes are captured in the prefix and
-    must agree with where the suffix begins, so the event has the template's
-    structure with only the size and content of the bytes changed.
-    """
-
-    __slots__ = ("_prefix", "_suffix", "_suffix_size", "_tails", "_head", "_tail", "_tags")
-    __slots__ += ("_as_float", "_step")
-
-    def __init__(
-        self, data: bytes, regions: list[_Region], keys: list[str], opaque: _Region
-    ) -> None:
-        suffix_at = opaque.offset + opaque.size
-        head = [r for r in regions if r.offset < opaque.offset]
-        tail = [r for r in regions if r.offset >= suffix_at]
-        pattern, head_fmt, self._tails = _part(data, head + list(opaque.lengths), 0, opaque.offset)
-        self._prefix = _compile(pattern).match
-        pattern, tail_fmt, _ = _part(data, tail, suffix_at, len(data))
-        self._suffix = _compile(pattern).fullmatch
-        self._suffix_size = len(data) - suffix_at
-        self._head = struct.Struct(head_fmt).unpack_from
-        self._tail = struct.Struct(tail_fmt).unpack_from
-        self._tags = tuple(keys)
-        self._as_float = _needs_float(regions)
-        self._step = _step_region(regions)
-
-    def decode(self, buf: bytearray, start: int, stop: int) -> RawEvent | None:
-        """The event in ``buf[start:stop]``, or None if it does not have this layout."""
-        suffix_at = stop - self._suffix_size
-        if suffix_at < start:
-            return None
-        match = self._prefix(buf, start, suffix_at)
-        if match is None or self._suffix(buf, suffix_at, stop) is None:
-            return None
-        for group, tail in enumerate(self._tails, 1):
-            raw = match.group(group)
-            if _read_varint(raw, 0, len(raw))[0] != stop - tail - match.end(group):
-                return None
-        numbers = self._head(buf, start) + self._tail(buf, suffix_at)
-        pos, size = self._step
-        step = _read_step(buf, start + pos, size)
-        values = tuple(map(float, numbers[1:])) if self._as_float else numbers[1:]
-        return (numbers[0], step, self._tags, values, None)
+def _classify(value: summary_pb2.Summary.Value) -> tuple[int, float | str | None]:
+    """What one protobuf Summary.Value holds: ``(kind, number or text)``, kinds as in _wire."""
+    kind = value.WhichOneof("value")
+    if kind == "simple_value":
+        return _wire.K_SIMPLE, value.simple_value
+    if kind != "tensor":
+        return _wire.K_OTHER, None
+    tensor = value.tensor
+    shape = tensor.tensor_shape
+    if shape.unknown_rank or len(shape.dim):
+        return _wire.K_TENSOR, None
+    if tensor.dtype == types_pb2.DT_STRING:
+        if len(tensor.string_val) > 1:
+            return _wire.K_TENSOR, None
+        text = tensor.string_val[0] if tensor.string_val else b""
+        return _wire.K_STRING, text.decode("utf-8", errors="replace")
+    dtype = _DTYPES.get(tensor.dtype)
+    number = None if dtype is None else dtype.value(tensor)
+    if number is None:
+        return _wire.K_TENSOR, None
+    return _wire.K_NUMBER, number

@@ -477,3 +477,83 @@ def test_fuzz_mutated_payloads_with_valid_crcs(mixed_file, tmp_path):
             for record in records:
                 writer.write(record)
         assert as_full_tuples(read_events(path)) == reference(path), case
+
+
+# -- the compiled walk -----------------------------------------------------------------------
+
+
+def _statuses(path) -> list[int]:
+    """What the compiled walk made of each record: _wire.NOTHING, VALUES or FALLBACK."""
+    from mlflow_best_export import _wire, events
+
+    data = np.frombuffer(open(path, "rb").read(), np.uint8)
+    tables = events._Tables()
+    statuses, pos = [], 0
+    while True:
+        count, _, pos, why = tables.scan(data, pos, len(data))
+        statuses += tables.records[:count, _wire.R_STATUS].tolist()
+        if why != _wire.FULL:
+            assert (why, pos) == (_wire.MORE, len(data))
+            return statuses
+
+
+def test_the_compiled_walk_reads_what_tensorflows_writers_write(mixed_file):
+    """Only the file_version and graph events go to protobuf, the rest is walked.
+
+    A writer whose events all fell back would be read correctly, but at protobuf's speed.
+    """
+    from mlflow_best_export import _wire
+
+    tf = ef.tensorflow()
+    fallbacks = []
+    payloads = list(tf.compat.v1.io.tf_record_iterator(mixed_file))
+    for index, payload in enumerate(payloads):
+        event = event_pb2.Event.FromString(payload)
+        if event.WhichOneof("what") != "summary" or any(
+            v.WhichOneof("value") == "histo" or v.metadata.plugin_data.plugin_name == "graph_run"
+            for v in event.summary.value
+        ):
+            fallbacks.append(index)
+    statuses = _statuses(mixed_file)
+    assert len(statuses) == len(payloads) == 156
+    assert [i for i, s in enumerate(statuses) if s == _wire.FALLBACK] == fallbacks
+    assert len(fallbacks) == 9  # 3 file_version events, 6 graphs
+
+
+def test_more_records_and_layouts_than_one_scan_holds(tmp_path):
+    """Past the tables' capacity (records, values, distinct layouts), scans pick up again."""
+    from mlflow_best_export import _wire, events
+
+    count = events._Tables.RECORDS + 700
+    protos = [
+        ef.event(step, 1000.0 + step, {f"tag{step % (_wire.MAX_SIGNATURES + 90)}": step / 7})
+        for step in range(count)
+    ]
+    path = ef.write_events(tmp_path, protos)
+    assert as_full_tuples(read_events(path)) == reference(path)
+    assert len(reference(path)) == count
+
+
+def test_a_large_record_with_a_bad_crc_is_found_in_its_place(tmp_path, caplog):
+    """Records above _wire.DEFERRED_CRC have their data CRC checked by crc32c, in order."""
+    from mlflow_best_export import _wire
+
+    tf = ef.tensorflow()
+    protos = []
+    for step in range(1, 9):
+        proto = ef.summary({"loss": 1 / step})
+        image = tf.compat.v1.Summary.Image(encoded_image_string=bytes(3 * _wire.DEFERRED_CRC))
+        proto.value.add(tag="image", image=image)
+        protos.append(tf.compat.v1.Event(wall_time=50.0 + step, step=step, summary=proto))
+    path = ef.write_events(tmp_path, protos)
+    spans = ef.record_spans(path)
+    start, end = spans[5]
+    assert end - start > _wire.DEFERRED_CRC
+    ef.flip_byte(path, end - 100)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        reader = EventFileReader(path)
+        found = reader.read()
+    assert [e.step for e in found] == [1, 2, 3, 4]
+    assert reader.damaged and reader.offset == start
+    (warning,) = damage_warnings(caplog)
+    assert f"byte offset {start} " in warning.getMessage() and "data" in warning.getMessage()
