@@ -606,7 +606,7 @@ class _Decoder:
             decoded, signature_of = decoded[keep], signature_of[keep]
         if not len(decoded):
             return
-        values: list[Iterator[list[float]]] = []
+        values: list[Iterator[Sequence[float]]] = []
         strings: list[Iterator[dict[str, str] | None]] = []
         for signature in wanted:
             tags, slots, texts = plans[signature]
@@ -614,9 +614,11 @@ class _Decoder:
             firsts = records[rows, _wire.R_V0]
             if slots is None:
                 slots = range(int(records[rows[0], _wire.R_V1] - firsts[0]))
-            values.append(
-                iter(tables.numbers[firsts[:, None] + np.asarray(slots, np.int64)].tolist())
-            )
+            if slots:
+                numbers = tables.numbers[firsts[:, None] + np.asarray(slots, np.int64)]
+                values.append(iter(numbers.tolist()))
+            else:
+                values.append(itertools.repeat(()))  # e.g. the Estimator's checkpoint_path
             if not texts:
                 strings.append(itertools.repeat(None))
                 continue
@@ -630,7 +632,7 @@ class _Decoder:
         events.steps.extend(records[decoded, _wire.R_STEP].tolist())
         if len(wanted) == 1:
             events.tags.extend(itertools.repeat(plans[wanted[0]][0], len(decoded)))
-            events.values.extend(values[0])
+            events.values.extend(itertools.islice(values[0], len(decoded)))
             events.strings.extend(itertools.islice(strings[0], len(decoded)))
             return
         # Each record takes the next item of its signature's columns.
