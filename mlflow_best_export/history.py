@@ -15,6 +15,7 @@ This module imports neither TensorFlow nor MLflow (pandas only in ``to_pandas``)
 from __future__ import annotations
 
 import bisect
+import collections
 import contextlib
 import gc
 import itertools
@@ -22,12 +23,14 @@ import logging
 import math
 import operator
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from mlflow_best_export import fs
-from mlflow_best_export.events import TAIL_SIZE, EventFileReader, RawEvent
+from mlflow_best_export.events import TAIL_SIZE, EventColumns, EventFileReader, RawEvent
 
 if TYPE_CHECKING:
     import pandas
@@ -50,6 +53,26 @@ _TAIL_SIZE = TAIL_SIZE
 _MAX_INSERTS = 64
 
 _step_of = operator.attrgetter("step")
+_NONES = itertools.repeat(None)
+
+
+def _consume(iterator: Iterator[object]) -> None:
+    collections.deque(iterator, maxlen=0)
+
+
+def _metrics(
+    tags: list[tuple[str, ...]], values: Iterable[Sequence[float]]
+) -> list[dict[str, float]]:
+    """``[dict(zip(t, v)) for t, v in zip(tags, values)]``, at half the cost.
+
+    Events of one layout share their tags tuple, and copying a dict that has the
+    keys already, then setting the values, beats building it key by key.
+    """
+    distinct = dict(zip(map(id, tags), tags, strict=True))
+    templates = {key: dict.fromkeys(keys, 0.0) for key, keys in distinct.items()}
+    made = list(map(dict.copy, map(templates.__getitem__, map(id, tags))))
+    _consume(map(dict.update, made, map(zip, tags, values)))
+    return made
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,7 +309,7 @@ class HistoryReader:
     """
 
     # Bytes of events decoded at a time: bounds the memory of reading a large file.
-    READ_SIZE = 1 << 20
+    READ_SIZE = 1 << 23
 
     def __init__(
         self,
@@ -304,7 +327,8 @@ class HistoryReader:
         self._by_step: dict[int, EvalRecord] = {}
         self._records: list[EvalRecord] = []  # ascending; copied into each returned history
         # Per-key wall times of the steps whose values do not all have the record's.
-        self._times: dict[int, dict[object, float] | list[RawEvent]] = {}
+        # Kept as such, as the events that set them, or as the time of all metrics.
+        self._times: dict[int, dict[object, float] | list[RawEvent] | float] = {}
         self._history = EvalHistory._from_sorted([])
 
     @property
@@ -351,7 +375,7 @@ class HistoryReader:
         tracked.size = status.size
         while status.size > reader.offset and not reader.damaged:
             offset = reader.offset
-            changed |= self._add(reader.read_raw(self.READ_SIZE))
+            changed |= self._add(reader.read_columns(self.READ_SIZE))
             if reader.offset - offset < self.READ_SIZE:
                 # At the end, or at a record still being written: another read would
                 # open the file again to find nothing new.
@@ -395,8 +419,11 @@ class HistoryReader:
                     return True
         return False
 
-    def _add(self, events: list[RawEvent]) -> bool:
+    def _add(self, columns: EventColumns) -> bool:
         """Merge events into the records; True if any record was added or changed."""
+        if self._add_in_order(columns):
+            return True
+        events = list(zip(*columns, strict=True))
         # The hot loop of a full read. The usual event is the only one of a step
         # above all steps so far: it becomes a record at once.
         by_step = self._by_step
@@ -408,6 +435,42 @@ class HistoryReader:
         while index < count:
             wall_time, step, tags, values, strings = events[index]
             index += 1
+            if (
+                index < count
+                and events[index][1] == step
+                and (index + 1 == count or events[index + 1][1] != step)
+                and step not in by_step
+            ):
+                # Two events of a new step: the Estimator's metrics, then its checkpoint_path
+                # alone, in order: what _merge would make of them, without its overhead.
+                later = events[index]
+                later_strings = later[4]
+                checkpoint = later_strings.get(CHECKPOINT_PATH_TAG) if later_strings else None
+                earlier = strings.get(CHECKPOINT_PATH_TAG) if strings else None
+                if (
+                    checkpoint is not None
+                    and not later[2]
+                    and (tags or earlier is not None)
+                    and wall_time <= later[0]
+                ):
+                    metrics = dict(zip(tags, values))  # noqa: B905 - the same length
+                    # _new_record, inlined: this is once per eval of an Estimator file.
+                    record = _NEW(EvalRecord)
+                    _SET_STEP(record, step)
+                    _SET_WALL_TIME(record, later[0])
+                    _SET_METRICS(record, metrics)
+                    _SET_CHECKPOINT_PATH(record, checkpoint)
+                    if wall_time != later[0]:
+                        # The metrics' time; the checkpoint_path's is the record's.
+                        self._times[step] = wall_time
+                    by_step[step] = record
+                    if not records or step > records[-1].step:
+                        records.append(record)
+                    else:
+                        inserted[step] = record
+                    changed = True
+                    index += 1
+                    continue
             if index < count and events[index][1] == step or step in by_step:
                 # Several events of one step (TF2 writes one scalar per event, the
                 # Estimator its metrics and then its checkpoint_path), or a step seen before.
@@ -437,6 +500,64 @@ class HistoryReader:
                 bisect.insort(records, inserted[step], key=_step_of)
         return changed
 
+    def _add_in_order(self, columns: EventColumns) -> bool:
+        """Add events the usual way, column by column; False (nothing done) if they are not.
+
+        The usual way: every step above all steps so far, in ascending order, with one
+        event, or two in time order of which the second holds only a checkpoint_path
+        (the Estimator). This is what ``_add`` would make of them, built in bulk.
+        """
+        walls, steps, tags, values, strings = columns
+        count = len(steps)
+        if count < 2:
+            return False
+        step_array = np.fromiter(steps, np.int64, count)
+        gaps = np.diff(step_array)
+        records = self._records
+        if gaps.min() < 0 or (records and steps[0] <= records[-1].step):
+            return False
+        # Groups of one or two events of the same step.
+        starts = np.flatnonzero(np.concatenate(([True], gaps > 0)))
+        sizes = np.diff(np.append(starts, count))
+        if sizes.max() > 2:
+            return False
+        checkpoints = [found.get(CHECKPOINT_PATH_TAG) if found else None for found in strings]
+        has_checkpoint = np.fromiter(map(operator.is_not, checkpoints, _NONES), bool, count)
+        has_tags = np.fromiter(map(bool, tags), bool, count)
+        pairs = starts[sizes == 2]
+        if len(pairs):
+            later = pairs + 1
+            wall_array = np.fromiter(walls, np.float64, count)
+            usual = (
+                has_checkpoint[later]
+                & ~has_tags[later]
+                & (has_tags[pairs] | has_checkpoint[pairs])
+                & (wall_array[pairs] <= wall_array[later])
+            )
+            if not usual.all():
+                return False
+            varying = pairs[wall_array[pairs] != wall_array[later]]
+            # The metrics' time; the checkpoint_path's is the record's.
+            self._times.update(
+                zip(step_array[varying].tolist(), wall_array[varying].tolist(), strict=True)
+            )
+        lasts = starts + sizes - 1
+        kept = has_tags[starts] | has_checkpoint[lasts]  # the others make no record
+        firsts = starts[kept].tolist()
+        lasts = lasts[kept].tolist()
+        if not firsts:
+            return True
+        metrics = _metrics(list(map(tags.__getitem__, firsts)), map(values.__getitem__, firsts))
+        made = list(map(_NEW, itertools.repeat(EvalRecord, len(firsts))))
+        new_steps = list(map(steps.__getitem__, firsts))
+        _consume(map(_SET_STEP, made, new_steps))
+        _consume(map(_SET_WALL_TIME, made, map(walls.__getitem__, lasts)))
+        _consume(map(_SET_METRICS, made, metrics))
+        _consume(map(_SET_CHECKPOINT_PATH, made, map(checkpoints.__getitem__, lasts)))
+        self._by_step.update(zip(new_steps, made, strict=True))
+        records.extend(made)
+        return True
+
     def _merge(self, step: int, events: list[RawEvent], inserted: dict[int, EvalRecord]) -> bool:
         """Merge the events of one step into its record; True if the record changed."""
         old = self._by_step.get(step)
@@ -457,7 +578,7 @@ class HistoryReader:
                 # Per-key times differ; worked out from the events if the step comes again.
                 self._times[step] = used
         else:
-            merge = _Merge(old, _times_of(self._times.get(step)))
+            merge = _Merge(old, _times_of(self._times.get(step), old))
             for wall_time, _, tags, values, strings in used:
                 checkpoint = strings.get(CHECKPOINT_PATH_TAG) if strings else None
                 merge.add(wall_time, tags, values, checkpoint)
@@ -481,12 +602,17 @@ class HistoryReader:
 
 
 def _times_of(
-    entry: dict[object, float] | list[RawEvent] | None,
+    entry: dict[object, float] | list[RawEvent] | float | None, record: EvalRecord | None
 ) -> dict[object, float] | None:
-    """The per-key wall times of a step: kept as such, or as the events that set them."""
-    if not isinstance(entry, list):
+    """The per-key wall times of a step, from what ``HistoryReader._times`` keeps of it."""
+    if entry is None or isinstance(entry, dict):
         return entry
     times: dict[object, float] = {}
+    if isinstance(entry, float):
+        # The Estimator's pair: the metrics at `entry`, the checkpoint_path at the record's time.
+        times = dict.fromkeys(record.metrics, entry)
+        times[_CHECKPOINT] = record.wall_time
+        return times
     for wall_time, _, tags, _, strings in entry:
         times.update(dict.fromkeys(tags, wall_time))
         if strings and CHECKPOINT_PATH_TAG in strings:

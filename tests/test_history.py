@@ -172,15 +172,15 @@ def test_two_records_of_one_step_are_refused():
 def _spy_reads(monkeypatch) -> list[tuple[str, int, int]]:
     """(file name, offset before, offset after) of every read the readers make."""
     calls = []
-    original = EventFileReader.read_raw
+    original = EventFileReader.read_columns
 
-    def read_raw(self, max_bytes=None):
+    def read_columns(self, max_bytes=None):
         before = self.offset
         result = original(self, max_bytes)
         calls.append((os.path.basename(self.path), before, self.offset))
         return result
 
-    monkeypatch.setattr(EventFileReader, "read_raw", read_raw)
+    monkeypatch.setattr(EventFileReader, "read_columns", read_columns)
     return calls
 
 
@@ -304,7 +304,7 @@ def test_history_fuzz_random_evals_files_and_poll_points(tmp_path):
     rng = random.Random(11)
     for case in range(25):
         case_dir = tmp_path / f"case{case}"
-        wall_times = iter(rng.sample(range(1, 100_000), 200))
+        wall_times = iter(rng.sample(range(1, 100_000), 400))
         files = []
         all_events = []
         for index in range(rng.randint(1, 3)):
@@ -317,6 +317,11 @@ def test_history_fuzz_random_evals_files_and_poll_points(tmp_path):
                 else:
                     tags = rng.sample(["loss", "auc", "acc", "x/y"], rng.randint(1, 3))
                     events.append((wall_time, step, {t: rng.random() for t in tags}, {}))
+                    if rng.random() < 0.3:
+                        # The Estimator's pair: the checkpoint_path right after the metrics,
+                        # at a random (sometimes earlier) wall time.
+                        later = float(next(wall_times))
+                        events.append((later, step, {}, {CKPT: f"ck-{step}-{later}"}))
             protos = [ef.event(s, w, v, c) for w, s, v, c in events]
             files.append(ef.write_events(case_dir / "source", protos, suffix=f".{index}"))
             all_events.append(events)
