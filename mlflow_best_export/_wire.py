@@ -548,10 +548,11 @@ def _signature_hash(buf, values, first, last):
     digest = np.int64(1469598103934665603)
     for row in range(first, last):
         digest = (digest ^ values[row, V_KIND]) * 1099511628211
-        for column in (V_TAG, V_PLUGIN):
-            for pos in range(values[row, column], values[row, column + 1]):
-                digest = (digest ^ buf[pos]) * 1099511628211
-            digest = (digest ^ 0xFF) * 1099511628211
+        for pos in range(values[row, V_TAG], values[row, V_TAG_END]):
+            digest = (digest ^ buf[pos]) * 1099511628211
+        digest = (digest ^ 0xFF) * 1099511628211
+        for pos in range(values[row, V_PLUGIN], values[row, V_PLUGIN_END]):
+            digest = (digest ^ buf[pos]) * 1099511628211
     return digest
 
 
@@ -570,15 +571,26 @@ def _same_signature(buf, values, first, last, other, other_last):
     if last - first != other_last - other:
         return False
     for i in range(last - first):
-        mine, theirs = values[first + i], values[other + i]
-        if mine[V_KIND] != theirs[V_KIND]:
+        mine, theirs = first + i, other + i
+        if values[mine, V_KIND] != values[theirs, V_KIND]:
             return False
-        for column in (V_TAG, V_PLUGIN):
-            if not _same_bytes(
-                buf, mine[column], mine[column + 1], theirs[column], theirs[column + 1]
-            ):
-                return False
-    return True
+        if not _same_bytes(
+            buf,
+            values[mine, V_TAG],
+            values[mine, V_TAG_END],
+            values[theirs, V_TAG],
+            values[theirs, V_TAG_END],
+        ):
+            return False
+        if not _same_bytes(
+            buf,
+            values[mine, V_PLUGIN],
+            values[mine, V_PLUGIN_END],
+            values[theirs, V_PLUGIN],
+            values[theirs, V_PLUGIN_END],
+        ):
+            return False
+    return True  # fmt: skip
 
 
 @_compiled
