@@ -213,7 +213,7 @@ def test_events_module_imports_neither_tensorflow_nor_mlflow():
 
 @pytest.fixture(scope="module")
 def mixed_file(tmp_path_factory) -> str:
-    """A real file of many layouts: TF1 scalars, images, strings, a graph; TF2 tensors."""
+    """A real file of many kinds of event: TF1 scalars, images, strings, a graph; TF2 tensors."""
     tmp = tmp_path_factory.mktemp("mixed")
     tf = ef.tensorflow()
     graph_path = ef.write_graph_summaries(tmp / "graph", list(range(1, 7)))
@@ -447,14 +447,15 @@ def test_fuzz_mutated_payloads_with_valid_crcs(mixed_file, tmp_path):
 
     The CRCs are right, so the reader must decode whatever the bytes say: exactly what
     protobuf and tf.make_ndarray make of them, up to the first payload that is not an
-    Event. This is what keeps the learned-layout fast path honest.
+    Event. This is what keeps the compiled walk (``_wire``) honest: whatever it
+    accepts, protobuf must decode the same way.
     """
     tf = ef.tensorflow()
     payloads = list(tf.compat.v1.io.tf_record_iterator(mixed_file))
     rng = random.Random(99)
     path = str(tmp_path / "mutated.tfevents.1")
     for case in range(1000):
-        # Mutate records late in the file, after the reader learned their layouts.
+        # Mutate records late in the file, after their plans are known.
         index = rng.randrange(len(payloads) // 4, len(payloads))
         mutated = bytearray(payloads[index])
         for _ in range(rng.choice((1, 1, 2, 3))):
@@ -470,8 +471,7 @@ def test_fuzz_mutated_payloads_with_valid_crcs(mixed_file, tmp_path):
                 del mutated[at]
             else:
                 mutated.insert(at, rng.randrange(256))
-        # Three times: the reader learns a layout from the second event of a size and
-        # decodes the third with it, if it can.
+        # Three times: once planned, the same values are read by the plan.
         records = payloads[:index] + [bytes(mutated)] * 3 + payloads[index + 1 : index + 8]
         with tf.io.TFRecordWriter(path) as writer:
             for record in records:
