@@ -29,7 +29,7 @@ For each workload it prints, measured in the same run:
   fraction of a full read.
 
 Both sides must find the same best record (step and loss). Each time is the
-best of ``--repeat`` runs, from the page cache.
+best of ``--repeat`` runs (the two sides take turns), from the page cache.
 
 Usage::
 
@@ -391,17 +391,20 @@ def ours_best(model_dir: str) -> tuple[int, float, int, object]:
     return best.step, best_loss, len(history), history
 
 
-def best_time(fn: Callable[[], tuple], repeat: int) -> tuple[float, tuple]:
-    """The best time of ``repeat`` calls, and the result without its last item."""
-    times = []
-    summary: tuple = ()
+def best_times(fns: tuple[Callable[[], tuple], ...], repeat: int) -> list[tuple[float, tuple]]:
+    """The best time of ``repeat`` calls of each function, and its result without its
+    last item. The calls take turns, so that a slow spell of a shared machine falls on
+    both sides alike."""
+    times: list[list[float]] = [[] for _ in fns]
+    summaries: list[tuple] = [() for _ in fns]
     for _ in range(repeat):
-        started = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - started)
-        summary = result[:-1]
-        del result  # outside the clock
-    return min(times), summary
+        for index, fn in enumerate(fns):
+            started = time.perf_counter()
+            result = fn()
+            times[index].append(time.perf_counter() - started)
+            summaries[index] = result[:-1]
+            del result  # outside the clock
+    return [(min(t), summary) for t, summary in zip(times, summaries, strict=True)]
 
 
 def poll_cost(root: Path) -> tuple[float, float]:
@@ -452,7 +455,7 @@ def _warm(model_dir: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a tenth of the sizes")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per side (best is kept)")
+    parser.add_argument("--repeat", type=int, default=5, help="runs per side (best is kept)")
     parser.add_argument("--data-dir", type=Path, default=HERE / ".data")
     parser.add_argument("--regenerate", action="store_true", help="write the event files again")
     keys = ",".join(w.key for w in WORKLOADS)
@@ -470,11 +473,11 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = root / "model"
         _warm(model_dir)
         print(f"timing {workload.key} ...", flush=True)
-        ours_s, (our_step, our_loss, records) = best_time(
-            lambda d=str(model_dir): ours_best(d), args.repeat
-        )
-        orig_s, (orig_step, orig_loss, events) = best_time(
-            lambda d=str(model_dir): original_best(d), args.repeat
+        (ours_s, (our_step, our_loss, records)), (orig_s, (orig_step, orig_loss, events)) = (
+            best_times(
+                (lambda d=str(model_dir): ours_best(d), lambda d=str(model_dir): original_best(d)),
+                args.repeat,
+            )
         )
         full, poll = poll_cost(root)
         same = (our_step, our_loss) == (orig_step, orig_loss)
