@@ -421,11 +421,28 @@ class HistoryReader:
 
     def _add(self, columns: EventColumns) -> bool:
         """Merge events into the records; True if any record was added or changed."""
-        if self._add_in_order(columns):
-            return True
-        events = list(zip(*columns, strict=True))
-        # The hot loop of a full read. The usual event is the only one of a step
-        # above all steps so far: it becomes a record at once.
+        # A read that ends inside a step (the Estimator's metrics, and its checkpoint_path
+        # in the next read) continues that step first; the rest usually comes in order.
+        steps = columns.steps
+        head = 0
+        if self._records:
+            last = self._records[-1].step
+            while head < len(steps) and steps[head] == last:
+                head += 1
+        if head:
+            changed = self._add_events(
+                list(zip(*(column[:head] for column in columns), strict=True))
+            )
+            return self._add(EventColumns(*(column[head:] for column in columns))) or changed
+        changed = self._add_in_order(columns)
+        if changed is None:
+            changed = self._add_events(list(zip(*columns, strict=True)))
+        return changed
+
+    def _add_events(self, events: list[RawEvent]) -> bool:
+        """Merge events one by one; True if any record was added or changed."""
+        # The usual event is the only one of a step above all steps so far: it
+        # becomes a record at once.
         by_step = self._by_step
         records = self._records
         inserted: dict[int, EvalRecord] = {}
@@ -435,42 +452,6 @@ class HistoryReader:
         while index < count:
             wall_time, step, tags, values, strings = events[index]
             index += 1
-            if (
-                index < count
-                and events[index][1] == step
-                and (index + 1 == count or events[index + 1][1] != step)
-                and step not in by_step
-            ):
-                # Two events of a new step: the Estimator's metrics, then its checkpoint_path
-                # alone, in order: what _merge would make of them, without its overhead.
-                later = events[index]
-                later_strings = later[4]
-                checkpoint = later_strings.get(CHECKPOINT_PATH_TAG) if later_strings else None
-                earlier = strings.get(CHECKPOINT_PATH_TAG) if strings else None
-                if (
-                    checkpoint is not None
-                    and not later[2]
-                    and (tags or earlier is not None)
-                    and wall_time <= later[0]
-                ):
-                    metrics = dict(zip(tags, values))  # noqa: B905 - the same length
-                    # _new_record, inlined: this is once per eval of an Estimator file.
-                    record = _NEW(EvalRecord)
-                    _SET_STEP(record, step)
-                    _SET_WALL_TIME(record, later[0])
-                    _SET_METRICS(record, metrics)
-                    _SET_CHECKPOINT_PATH(record, checkpoint)
-                    if wall_time != later[0]:
-                        # The metrics' time; the checkpoint_path's is the record's.
-                        self._times[step] = wall_time
-                    by_step[step] = record
-                    if not records or step > records[-1].step:
-                        records.append(record)
-                    else:
-                        inserted[step] = record
-                    changed = True
-                    index += 1
-                    continue
             if index < count and events[index][1] == step or step in by_step:
                 # Several events of one step (TF2 writes one scalar per event, the
                 # Estimator its metrics and then its checkpoint_path), or a step seen before.
@@ -500,27 +481,30 @@ class HistoryReader:
                 bisect.insort(records, inserted[step], key=_step_of)
         return changed
 
-    def _add_in_order(self, columns: EventColumns) -> bool:
-        """Add events the usual way, column by column; False (nothing done) if they are not.
+    def _add_in_order(self, columns: EventColumns) -> bool | None:
+        """Add events that come the usual way, column by column.
 
         The usual way: every step above all steps so far, in ascending order, with one
         event, or two in time order of which the second holds only a checkpoint_path
-        (the Estimator). This is what ``_add`` would make of them, built in bulk.
+        (the Estimator). This is what ``_add_events`` would make of them, built in bulk.
+
+        Returns:
+            Whether a record was added, or None (nothing done) if they do not come so.
         """
         walls, steps, tags, values, strings = columns
         count = len(steps)
         if count < 2:
-            return False
+            return None
         step_array = np.fromiter(steps, np.int64, count)
         gaps = np.diff(step_array)
         records = self._records
         if gaps.min() < 0 or (records and steps[0] <= records[-1].step):
-            return False
+            return None
         # Groups of one or two events of the same step.
         starts = np.flatnonzero(np.concatenate(([True], gaps > 0)))
         sizes = np.diff(np.append(starts, count))
         if sizes.max() > 2:
-            return False
+            return None
         checkpoints = [found.get(CHECKPOINT_PATH_TAG) if found else None for found in strings]
         has_checkpoint = np.fromiter(map(operator.is_not, checkpoints, _NONES), bool, count)
         has_tags = np.fromiter(map(bool, tags), bool, count)
@@ -535,7 +519,7 @@ class HistoryReader:
                 & (wall_array[pairs] <= wall_array[later])
             )
             if not usual.all():
-                return False
+                return None
             varying = pairs[wall_array[pairs] != wall_array[later]]
             # The metrics' time; the checkpoint_path's is the record's.
             self._times.update(
@@ -546,7 +530,7 @@ class HistoryReader:
         firsts = starts[kept].tolist()
         lasts = lasts[kept].tolist()
         if not firsts:
-            return True
+            return False
         metrics = _metrics(list(map(tags.__getitem__, firsts)), map(values.__getitem__, firsts))
         made = list(map(_NEW, itertools.repeat(EvalRecord, len(firsts))))
         new_steps = list(map(steps.__getitem__, firsts))

@@ -299,9 +299,14 @@ def _f32_rows(rows):
     return [(s, w, {k: ef.f32(v) for k, v in m.items()}, c) for s, w, m, c in rows]
 
 
-def test_history_fuzz_random_evals_files_and_poll_points(tmp_path):
-    """Random evals in 1-3 files, appended in random pieces: every poll equals the rules."""
-    rng = random.Random(11)
+@pytest.mark.parametrize("ascending", [False, True])
+def test_history_fuzz_random_evals_files_and_poll_points(tmp_path, ascending):
+    """Random evals in 1-3 files, appended in random pieces: every poll equals the rules.
+
+    ascending: steps grow within each file, as in training (reads then end inside a step,
+    and the reader builds the rest column by column).
+    """
+    rng = random.Random(11 + ascending)
     for case in range(25):
         case_dir = tmp_path / f"case{case}"
         wall_times = iter(rng.sample(range(1, 100_000), 400))
@@ -309,8 +314,11 @@ def test_history_fuzz_random_evals_files_and_poll_points(tmp_path):
         all_events = []
         for index in range(rng.randint(1, 3)):
             events = []
-            for _ in range(rng.randint(0, 30)):
-                step = rng.randrange(0, 40) * rng.choice((1, 1, 1000))
+            for number in range(rng.randint(0, 30)):
+                if ascending:
+                    step = number * 10 + rng.randrange(3)
+                else:
+                    step = rng.randrange(0, 40) * rng.choice((1, 1, 1000))
                 wall_time = float(next(wall_times))
                 if rng.random() < 0.2:
                     events.append((wall_time, step, {}, {CKPT: f"ck-{step}-{wall_time}"}))
