@@ -490,16 +490,17 @@ class ExportDirLock:
         lease = float(current.get("lease", self._lease))
         expires = float(current.get("renewed", 0)) + lease
         holder = _describe_owner(current)
-        if time.time() >= expires:
-            logger.warning(
-                "Taking over the lock on %s from %s: its lease ran out.", self._export_base, holder
-            )
-            return
+        # The more telling reason first: a process known gone, whatever its lease says.
         if current.get("host") == socket.gethostname() and not _process_alive(current.get("pid")):
             logger.warning(
                 "Taking over the lock on %s from %s: that process is gone.",
                 self._export_base,
                 holder,
+            )
+            return
+        if time.time() >= expires:
+            logger.warning(
+                "Taking over the lock on %s from %s: its lease ran out.", self._export_base, holder
             )
             return
         logger.warning(
