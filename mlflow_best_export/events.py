@@ -445,6 +445,17 @@ def _texts(buf: bytearray, rows: np.ndarray) -> Iterator[str]:
     return map(bytearray.decode, chunks, itertools.repeat("utf-8"), itertools.repeat("replace"))
 
 
+def _span(places: np.ndarray) -> slice | None:
+    """``places`` (ascending) as a slice, or None if they are not evenly spaced."""
+    first, last = int(places[0]), int(places[-1])
+    if len(places) == 1:
+        return slice(first, first + 1)
+    stride = int(places[1] - places[0])
+    if (last - first) != stride * (len(places) - 1) or not (np.diff(places) == stride).all():
+        return None
+    return slice(first, last + 1, stride)
+
+
 class _Decoder:
     """Turns the values of one file's events into scalars and strings.
 
@@ -604,45 +615,74 @@ class _Decoder:
         if len(wanted) < len(plans):
             keep = np.isin(signature_of, wanted)
             decoded, signature_of = decoded[keep], signature_of[keep]
-        if not len(decoded):
+        count = len(decoded)
+        if not count:
             return
-        values: list[Iterator[Sequence[float]]] = []
-        strings: list[Iterator[dict[str, str] | None]] = []
+        # Per signature: where its events go among these, and their columns.
+        parts = []
         for signature in wanted:
             tags, slots, texts = plans[signature]
-            rows = decoded[signature_of == signature] if len(wanted) > 1 else decoded
+            places = np.flatnonzero(signature_of == signature) if len(wanted) > 1 else None
+            rows = decoded if places is None else decoded[places]
             firsts = records[rows, _wire.R_V0]
             if slots is None:
                 slots = range(int(records[rows[0], _wire.R_V1] - firsts[0]))
             if slots:
                 numbers = tables.numbers[firsts[:, None] + np.asarray(slots, np.int64)]
-                values.append(iter(numbers.tolist()))
+                values: list[Sequence[float]] = numbers.tolist()
             else:
-                values.append(itertools.repeat(()))  # e.g. the Estimator's checkpoint_path
-            if not texts:
-                strings.append(itertools.repeat(None))
-                continue
-            columns = [_texts(buf, tables.values[firsts + slot]) for _, slot in texts]
+                values = [()] * len(rows)  # e.g. the Estimator's checkpoint_path
+            strings: list[dict[str, str] | None] | None = None
             if len(texts) == 1:
-                strings.append(map(dict.fromkeys, itertools.repeat((texts[0][0],)), columns[0]))
-            else:
+                strings = list(
+                    map(
+                        dict.fromkeys,
+                        itertools.repeat((texts[0][0],)),
+                        _texts(buf, tables.values[firsts + texts[0][1]]),
+                    )
+                )
+            elif texts:
+                columns = [_texts(buf, tables.values[firsts + slot]) for _, slot in texts]
                 names = itertools.repeat([tag for tag, _ in texts])
-                strings.append(map(dict, map(zip, names, zip(*columns, strict=True))))
+                strings = list(map(dict, map(zip, names, zip(*columns, strict=True))))
+            parts.append((places, tags, values, strings))
         events.wall_times.extend(tables.walls[begin:end][decoded].tolist())
         events.steps.extend(records[decoded, _wire.R_STEP].tolist())
-        if len(wanted) == 1:
-            events.tags.extend(itertools.repeat(plans[wanted[0]][0], len(decoded)))
-            events.values.extend(itertools.islice(values[0], len(decoded)))
-            events.strings.extend(itertools.islice(strings[0], len(decoded)))
+        if len(parts) == 1:
+            _, tags, values, strings = parts[0]
+            events.tags.extend(itertools.repeat(tags, count))
+            events.values.extend(values)
+            events.strings.extend(itertools.repeat(None, count) if strings is None else strings)
             return
-        # Each record takes the next item of its signature's columns.
-        part_of = np.zeros(int(signature_of.max()) + 1, np.int64)
-        part_of[wanted] = np.arange(len(wanted))
-        parts = part_of[signature_of].tolist()
-        tags_of = [plans[signature][0] for signature in wanted]
-        events.tags.extend(map(tags_of.__getitem__, parts))
-        events.values.extend(map(next, map(values.__getitem__, parts)))
-        events.strings.extend(map(next, map(strings.__getitem__, parts)))
+        spans = [_span(places) for places, *_ in parts]
+        if None in spans:
+            # Signatures that do not take turns evenly: each record takes the next item of its own.
+            part_of = np.zeros(int(signature_of.max()) + 1, np.int64)
+            part_of[wanted] = np.arange(len(wanted))
+            order = part_of[signature_of].tolist()
+            tags_of = [tags for _, tags, _, _ in parts]
+            values_of = [iter(values) for _, _, values, _ in parts]
+            strings_of = [
+                itertools.repeat(None) if strings is None else iter(strings)
+                for *_, strings in parts
+            ]
+            events.tags.extend(map(tags_of.__getitem__, order))
+            events.values.extend(map(next, map(values_of.__getitem__, order)))
+            events.strings.extend(map(next, map(strings_of.__getitem__, order)))
+            return
+        # The usual way: the signatures of a step take turns, and every column is filled
+        # by one slice assignment per signature.
+        tag_column: list[tuple[str, ...] | None] = [None] * count
+        value_column: list[Sequence[float] | None] = [None] * count
+        string_column: list[dict[str, str] | None] = [None] * count
+        for span, (_, tags, values, strings) in zip(spans, parts, strict=True):
+            tag_column[span] = itertools.repeat(tags, len(values))
+            value_column[span] = values
+            if strings is not None:
+                string_column[span] = strings
+        events.tags.extend(tag_column)
+        events.values.extend(value_column)
+        events.strings.extend(string_column)
 
     @staticmethod
     def _entries(buf: bytearray, tables: _Tables, signature: int) -> tuple[_Entry, ...]:

@@ -17,13 +17,14 @@ from __future__ import annotations
 import bisect
 import collections
 import contextlib
+import functools
 import gc
 import itertools
 import logging
 import math
 import operator
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -63,16 +64,41 @@ def _consume(iterator: Iterator[object]) -> None:
 def _metrics(
     tags: list[tuple[str, ...]], values: Iterable[Sequence[float]]
 ) -> list[dict[str, float]]:
-    """``[dict(zip(t, v)) for t, v in zip(tags, values)]``, at half the cost.
+    """``[dict(zip(t, v)) for t, v in zip(tags, values)]``, at two thirds of the cost.
 
-    Events of one layout share their tags tuple, and copying a dict that has the
-    keys already, then setting the values, beats building it key by key.
+    Events of one layout share their tags tuple, and each layout gets a function that
+    builds its dict from a display with constant keys, CPython's fastest way to build one.
     """
-    distinct = dict(zip(map(id, tags), tags, strict=True))
-    templates = {key: dict.fromkeys(keys, 0.0) for key, keys in distinct.items()}
-    made = list(map(dict.copy, map(templates.__getitem__, map(id, tags))))
-    _consume(map(dict.update, made, map(zip, tags, values)))
-    return made
+    layouts = dict(zip(map(id, tags), tags, strict=True))
+    makers = {key: _maker(keys) for key, keys in layouts.items()}
+    if len(makers) == 1:
+        return list(map(next(iter(makers.values())), values))
+    return [makers[id(keys)](row) for keys, row in zip(tags, values)]  # noqa: B905
+
+
+# The dict makers of the layouts seen, as the standard library's dataclasses and
+# namedtuple make their methods: from source with each key written as its repr().
+_MAKERS: dict[tuple[str, ...], Callable[[Sequence[float]], dict[str, float]]] = {}
+_MAX_MAKERS = 4096
+_MAX_MAKER_KEYS = 1024
+
+
+def _maker(tags: tuple[str, ...]) -> Callable[[Sequence[float]], dict[str, float]]:
+    """``lambda v: {tags[0]: v[0], tags[1]: v[1], ...}``, made once per tags tuple."""
+    maker = _MAKERS.get(tags)
+    if maker is None:
+        if len(tags) > _MAX_MAKER_KEYS:
+            return functools.partial(_zip_dict, tags)
+        entries = ", ".join(f"{tag!r}: v[{index}]" for index, tag in enumerate(tags))
+        maker = eval(f"lambda v: {{{entries}}}", {})  # noqa: S307 - literals only
+        if len(_MAKERS) >= _MAX_MAKERS:
+            _MAKERS.clear()
+        _MAKERS[tags] = maker
+    return maker
+
+
+def _zip_dict(tags: tuple[str, ...], values: Sequence[float]) -> dict[str, float]:
+    return dict(zip(tags, values))  # noqa: B905 - the same length by construction
 
 
 @dataclass(frozen=True, slots=True)

@@ -360,6 +360,26 @@ def test_history_fuzz_random_evals_files_and_poll_points(tmp_path, ascending):
         assert as_rows(read_eval_history(model_dir)) == final, case
 
 
+def test_any_tag_names_in_evals_that_come_in_bulk(tmp_path):
+    """Tags that are not plain names, in the Estimator's layout (which the reader builds in
+    bulk, one dict maker per layout): the records equal protobuf's reading of the file."""
+    tags = ["loss", "it's", '"quoted"', "back\\slash", "new\nline", "{brace}", "ünï/中文", ""]
+    events = []
+    for step in range(1, 40):
+        events.append(ef.event(step, 2.0 * step, {t: step / (i + 1) for i, t in enumerate(tags)}))
+        events.append(ef.event(step, 2.0 * step + 1, strings={CKPT: f"/m/model.ckpt-{step}"}))
+    path = write(tmp_path, events)
+    reference = ef.reference_events(path)
+    expected = [
+        (step, checkpoint_time, metrics, ckpt[CKPT])
+        for (_, step, metrics, _), (checkpoint_time, _, _, ckpt) in zip(
+            reference[0::2], reference[1::2], strict=True
+        )
+    ]
+    assert len(expected) == 39 and set(expected[0][2]) == set(tags)
+    assert as_rows(read_eval_history(tmp_path)) == expected
+
+
 # -- a real Estimator ------------------------------------------------------------------------
 
 
