@@ -331,6 +331,11 @@ class _Tables:
         self.values = np.zeros((self.VALUES, _wire.VALUE_COLUMNS), np.int64)
         self.numbers = np.zeros(self.VALUES, np.float64)
         self.exemplars = np.zeros(_wire.MAX_SIGNATURES, np.int64)
+        self._work = (
+            np.zeros(_wire.SLOTS, np.int64),
+            np.zeros(_wire.SLOTS, np.int64),
+            np.zeros(_wire.MAX_SIGNATURES, np.int64),
+        )
         self._scratch = _wire.scratch_views()
 
     def scan(self, data: np.ndarray, pos: int, end: int) -> tuple[int, int, int, int]:
@@ -338,7 +343,7 @@ class _Tables:
         _wire.compile_all()
         return _wire.scan(
             data, pos, end, _CRC_TABLE, _DTYPE_CLASSES, self.records, self.walls,
-            self.values, self.numbers, self.exemplars, *self._scratch,
+            self.values, self.numbers, self.exemplars, *self._work, *self._scratch,
         )  # fmt: skip
 
 
