@@ -43,10 +43,12 @@ from __future__ import annotations
 import argparse
 import cProfile
 import glob
+import importlib.metadata
 import io
 import json
 import math
 import os
+import platform
 import pstats
 import shutil
 import statistics
@@ -452,6 +454,10 @@ def _warm(model_dir: Path) -> None:
                 pass
 
 
+def _version(package: str) -> str:
+    return importlib.metadata.version(package)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a tenth of the sizes")
@@ -504,6 +510,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     print()
     print("goals: >= 2x on every workload, >= 3x on TF2 scalars; a poll of one new event < 1%")
+    # The compiled reader's speed depends on numba's LLVM, so a figure names both.
+    print(f"numba {_version('numba')}, llvmlite {_version('llvmlite')}, {platform.machine()}")
     return 0 if ok else 1
 
 
