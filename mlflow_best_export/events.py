@@ -456,7 +456,7 @@ def _span(places: np.ndarray) -> slice | None:
     if len(places) == 1:
         return slice(first, first + 1)
     stride = int(places[1] - places[0])
-    if (last - first) != stride * (len(places) - 1) or not (np.diff(places) == stride).all():
+    if not (np.diff(places) == stride).all():
         return None
     return slice(first, last + 1, stride)
 
