@@ -454,10 +454,6 @@ def _warm(model_dir: Path) -> None:
                 pass
 
 
-def _version(package: str) -> str:
-    return importlib.metadata.version(package)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a tenth of the sizes")
@@ -511,7 +507,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("goals: >= 2x on every workload, >= 3x on TF2 scalars; a poll of one new event < 1%")
     # The compiled reader's speed depends on numba's LLVM, so a figure names both.
-    print(f"numba {_version('numba')}, llvmlite {_version('llvmlite')}, {platform.machine()}")
+    version = importlib.metadata.version
+    print(f"numba {version('numba')}, llvmlite {version('llvmlite')}, {platform.machine()}")
     return 0 if ok else 1
 
 
