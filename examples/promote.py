@@ -15,7 +15,7 @@ import sys
 
 from mlflow import MlflowClient
 
-from mlflow_best_export.registry import PromotionRefused, promote
+from mlflow_best_export.promotion import PromotionRefused, promote
 
 
 def main(argv: list[str] | None = None) -> int:

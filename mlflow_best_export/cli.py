@@ -241,13 +241,14 @@ def sync(
     model or version yet, deletes what this exporter logged for exports that
     are gone (never a version with another alias), and moves the alias.
     """
-    from mlflow_best_export import mirror, registry
+    from mlflow_best_export import mirror
     from mlflow_best_export.ranking import Comparison
+    from mlflow_best_export.tags import validate_alias, validate_registered_model_name
 
     _check_model_dir(model_dir)
     if registered_model is not None:
-        registry.validate_registered_model_name(registered_model)
-    alias = registry.validate_alias(alias, "--alias")
+        validate_registered_model_name(registered_model)
+    alias = validate_alias(alias, "--alias")
     compare_fn = None
     if metric is not None:
         compare_fn = Comparison(metric, mode or "min")
@@ -321,15 +322,15 @@ def promote(name, from_alias, to_alias, requirements, dry_run, tracking_uri) -> 
     """
     from mlflow.tracking import MlflowClient
 
-    from mlflow_best_export import registry
+    from mlflow_best_export import promotion
 
     try:
-        parsed = [registry.Requirement.parse(r) for r in requirements]
+        parsed = [promotion.Requirement.parse(r) for r in requirements]
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--require") from None
     client = MlflowClient(tracking_uri=tracking_uri)
     _registered_model(client, name)
-    result = registry.promote(
+    result = promotion.promote(
         client,
         name,
         from_alias=from_alias,

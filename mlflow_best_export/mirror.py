@@ -527,7 +527,7 @@ class MirrorSettings:
     flush_timeout: float | None = 600.0
 
     def __post_init__(self) -> None:
-        from mlflow_best_export import registry
+        from mlflow_best_export.tags import validate_alias, validate_registered_model_name
 
         checked = {
             "tracking_uri": _validate_optional_str(
@@ -541,10 +541,8 @@ class MirrorSettings:
             ),
             "run_id": _validate_optional_str(self.run_id, "run_id", "a run's 32-character id"),
             "run_name": _validate_optional_str(self.run_name, "run_name", "'nightly'"),
-            "registered_model_name": registry.validate_registered_model_name(
-                self.registered_model_name
-            ),
-            "alias": None if self.alias is None else registry.validate_alias(self.alias),
+            "registered_model_name": validate_registered_model_name(self.registered_model_name),
+            "alias": None if self.alias is None else validate_alias(self.alias),
             "strict": validate_flag(self.strict, "strict"),
             "flush_timeout": _validate_timeout(self.flush_timeout, "flush_timeout"),
         }

@@ -24,13 +24,10 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
-from mlflow_best_export.registry import TAG_METRIC_PREFIX, validate_alias
-from mlflow_best_export.tracking import TAG_PREFIX
+from mlflow_best_export.tags import TAG_ALIAS_HISTORY_PREFIX, TAG_METRIC_PREFIX, validate_alias
 
 logger = logging.getLogger(__name__)
 
-#: The registered-model tag holding one alias's moves, oldest first.
-HISTORY_TAG_PREFIX = TAG_PREFIX + "alias_history."
 #: Moves kept per alias (the oldest are dropped beyond this).
 HISTORY_LIMIT = 200
 
@@ -216,7 +213,7 @@ def _user() -> str:
 
 
 def _history_tag(alias: str) -> str:
-    return HISTORY_TAG_PREFIX + alias
+    return TAG_ALIAS_HISTORY_PREFIX + alias
 
 
 def alias_history(client: MlflowClient, name: str, alias: str | None = None) -> list[AliasMove]:
@@ -228,7 +225,7 @@ def alias_history(client: MlflowClient, name: str, alias: str | None = None) -> 
     tags = client.get_registered_model(name).tags or {}
     moves: list[AliasMove] = []
     for key, value in tags.items():
-        if not key.startswith(HISTORY_TAG_PREFIX):
+        if not key.startswith(TAG_ALIAS_HISTORY_PREFIX):
             continue
         if alias is not None and key != _history_tag(alias):
             continue

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -30,78 +29,26 @@ from mlflow_best_export.exports import Export
 from mlflow_best_export.keeper import Keeper
 from mlflow_best_export.ranking import Comparison
 from mlflow_best_export.retention import Candidate, RetentionPolicy
-from mlflow_best_export.tracking import TAG_EXPORTER, TAG_KEY, TAG_PREFIX, normalize_dir
+from mlflow_best_export.tags import (
+    TAG_CHECKPOINT,
+    TAG_EXPORTER,
+    TAG_INFO,
+    TAG_KEY,
+    TAG_METRIC_PREFIX,
+    TAG_MODEL_ID,
+    TAG_MODEL_VERSIONS,
+    TAG_PREFIX,
+    TAG_STEP,
+)
+from mlflow_best_export.tracking import normalize_dir
 
 logger = logging.getLogger(__name__)
 
-#: Our bookkeeping on LoggedModels and versions, one JSON object: exporter, export_dir,
-#: and the ``Comparison.to_metadata`` keys (compare_key, compare_mode, min_delta).
-#: (Stores of the first release have them as separate tags.)
-TAG_INFO = TAG_PREFIX.rstrip(".")
-TAG_EXPORT_DIR = TAG_PREFIX + "export_dir"  # the first release's tag, still read
-TAG_STEP = "global_step"
-TAG_METRIC_PREFIX = "metric."
-TAG_CHECKPOINT = "checkpoint_path"
-TAG_MODEL_ID = TAG_PREFIX + "model_id"
-
-_RESERVED_ALIASES = ("latest",)
-
-
-def validate_alias(alias: object, argument: str = "alias") -> str:
-    """Check a registry alias name as MLflow will, before training starts.
-
-    Raises:
-      ValueError: naming ``argument`` when the alias is empty, has characters
-        other than letters, digits, ``_`` and ``-``, or is reserved
-        (``latest``, ``v<digits>``).
-    """
-    if not isinstance(alias, str) or not alias:
-        raise ValueError(f"`{argument}` must be a non-empty alias name, got {alias!r}.")
-    if not re.fullmatch(r"[\w\-]+", alias, flags=re.ASCII):
-        raise ValueError(
-            f"`{argument}` {alias!r} is not a valid alias: use only letters, digits, '_' and '-'."
-        )
-    if alias.lower() in _RESERVED_ALIASES or re.fullmatch(r"[vV]\d+", alias):
-        raise ValueError(
-            f"`{argument}` {alias!r} is reserved by MLflow ('latest' and 'v<number>' name "
-            f"versions); choose another, e.g. 'best'."
-        )
-    if len(alias) > 255:
-        raise ValueError(f"`{argument}` is longer than 255 characters.")
-    return alias
-
-
-def validate_registered_model_name(name: object) -> str | None:
-    """Check a registered model name as MLflow will, before training starts.
-
-    Raises:
-      ValueError: naming ``registered_model_name`` when it is empty or has
-        '/' or ':' or is not a normalized relative name.
-    """
-    import posixpath
-
-    if name is None:
-        return None
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError(
-            f"`registered_model_name` must be a non-empty string (or None), got {name!r}."
-        )
-    if "/" in name or ":" in name:
-        raise ValueError(
-            f"`registered_model_name` {name!r} must not contain '/' or ':' (MLflow uses them in "
-            f"model URIs)."
-        )
-    if posixpath.normpath(name) != name or name.startswith(".."):
-        raise ValueError(f"`registered_model_name` {name!r} is not a valid model name.")
-    return name
+# Stores written before the bookkeeping became one JSON tag have it as separate tags.
+_TAG_EXPORT_DIR = TAG_PREFIX + "export_dir"
 
 
 # -- what is there ---------------------------------------------------------------------------
-
-
-#: The LoggedModel tag MLflow's own ``register_model`` writes and the UI's Models tab reads:
-#: a JSON list of ``{"name": ..., "version": ...}``.
-TAG_MODEL_VERSIONS = "mlflow.modelVersions"
 
 
 @dataclass(frozen=True)
@@ -151,7 +98,7 @@ def info_of(tags: Mapping[str, str] | None) -> dict[str, str]:
         pass
     old = {
         "exporter": TAG_EXPORTER,
-        "export_dir": TAG_EXPORT_DIR,
+        "export_dir": _TAG_EXPORT_DIR,
         "compare_key": TAG_PREFIX + "compare_key",
         "compare_mode": TAG_PREFIX + "compare_mode",
     }
@@ -747,10 +694,3 @@ def reclaim_leftover(client: MlflowClient, leftover: Leftover) -> None:
     get_artifact_repository(leftover.location, tracking_uri=client.tracking_uri).delete_artifacts()
 
 
-# Promotion lives in ``promotion``; these names stay importable from here.
-from mlflow_best_export.promotion import (  # noqa: E402, F401 - re-exported
-    Promotion,
-    PromotionRefused,
-    Requirement,
-    promote,
-)

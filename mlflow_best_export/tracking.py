@@ -19,14 +19,10 @@ from mlflow.tracking import MlflowClient
 
 from mlflow_best_export import fs
 from mlflow_best_export.history import EvalRecord
+from mlflow_best_export.tags import TAG_CREATED_RUN, TAG_EXPORTER, TAG_KEY, TAG_MODEL_DIR
 
 logger = logging.getLogger(__name__)
 
-TAG_PREFIX = "mlflow_best_export."
-TAG_KEY = TAG_PREFIX + "key"
-TAG_MODEL_DIR = TAG_PREFIX + "model_dir"
-TAG_EXPORTER = TAG_PREFIX + "exporter"
-TAG_CREATED_BY = TAG_PREFIX + "created_run"
 
 MAX_METRICS_PER_BATCH = 1000
 _MAX_KEY_LENGTH = 250
@@ -257,7 +253,7 @@ def resolve_run(
         TAG_KEY: key,
         TAG_MODEL_DIR: normalize_dir(model_dir),
         TAG_EXPORTER: exporter_name,
-        TAG_CREATED_BY: "true",
+        TAG_CREATED_RUN: "true",
     }
     name = run_name or f"{os.path.basename(normalize_dir(model_dir)) or 'model'}-{exporter_name}"
     run = client.create_run(experiment_id, tags=tags, run_name=name)

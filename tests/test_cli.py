@@ -21,7 +21,7 @@ from mlflow_checks import check_mlflow
 
 from mlflow_best_export import MLflowBestExporter
 from mlflow_best_export.cli import main
-from mlflow_best_export.registry import Requirement
+from mlflow_best_export.promotion import Requirement
 
 LOSSES = [50, 30, 40, 20, 25, 10, 60, 5, 8]  # new bests at steps 2, 4, 8, 12, 16
 
@@ -81,6 +81,51 @@ def cli_process(*args: str, code: int = 0):
 )
 def test_every_command_has_help(command):
     assert "Usage:" in cli(*command, "--help").output
+
+
+# -- every command, as users type it -------------------------------------------------------------
+
+
+def console(*args: str, code: int = 0) -> subprocess.CompletedProcess:
+    """The installed ``mlflow-best-export`` command in a fresh process (nothing imported yet)."""
+    command = os.path.join(os.path.dirname(sys.executable), "mlflow-best-export")
+    proc = subprocess.run(
+        [command, *args], env=subprocess_env(), capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == code, (args, proc.returncode, proc.stdout, proc.stderr[-3000:])
+    return proc
+
+
+@pytest.mark.slow
+def test_every_documented_command_works_in_a_fresh_process(trained, store):
+    """Each command of the README's "Command line", each in a process of its own, on a store
+    the exporter filled; MLflow's client says what changed."""
+    model_dir, _ = trained
+    client = MlflowClient(store)
+    uri = ("--tracking-uri", store)
+    assert "best: step 16" in console("history", model_dir).stdout
+    assert "in step" in console("sync", model_dir, "--registered-model", "tiny", *uri).stdout
+    best, middle, _ = _versions_by_loss(client)
+    console("promote", "tiny", "--require", "loss<400", "--dry-run", *uri)
+    assert "champion" not in client.get_registered_model("tiny").aliases
+    console("promote", "tiny", "--from-alias", "best", "--to-alias", "champion", *uri)
+    client.set_registered_model_alias("tiny", "best", middle.version)
+    console("promote", "tiny", "--require", "loss<400", *uri)
+    assert client.get_model_version_by_alias("tiny", "champion").version == middle.version
+    table = console("aliases", "tiny", *uri).stdout
+    assert f"@champion is on version {middle.version}" in table
+    moves = json.loads(
+        console("aliases", "tiny", "--alias", "champion", "--format", "json", *uri).stdout
+    )
+    assert [m["to_version"] for m in moves] == [str(best.version), str(middle.version)]
+    console("rollback", "tiny", "--alias", "champion", "--dry-run", *uri)
+    assert client.get_model_version_by_alias("tiny", "champion").version == middle.version
+    console("rollback", "tiny", "--alias", "champion", *uri)
+    assert client.get_model_version_by_alias("tiny", "champion").version == best.version
+    console("gc", "tiny", "--keep", "3", "--dry-run", *uri)
+    console("gc", "tiny", "--keep", "3", "--keep-latest", "1", *uri)
+    assert len(client.search_model_versions("name = 'tiny'")) == 3
+    assert "Usage:" in console("--help").stdout
 
 
 # -- history ------------------------------------------------------------------------------------

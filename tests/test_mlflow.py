@@ -20,8 +20,9 @@ from conftest import run_tiny
 from mlflow.tracking import MlflowClient
 from mlflow_checks import MlflowServer, check_mlflow, exporter_runs, free_port, kept_dirs
 
-from mlflow_best_export import MLflowBestExporter, mirror, registry
+from mlflow_best_export import MLflowBestExporter, mirror
 from mlflow_best_export.exports import METADATA_FILENAME
+from mlflow_best_export.tags import TAG_MODEL_ID
 
 LOSSES = [50, 30, 40, 20, 25, 10, 60, 5, 8]  # new bests at steps 2, 4, 8, 12, 16
 
@@ -84,7 +85,7 @@ def test_train_and_evaluate_mirrors_the_n_best_into_mlflow(tmp_path, uri):
     assert float(best.tags["metric.loss"]) == pytest.approx(5, abs=2)
 
     # The LoggedModel shows its eval metrics and params, and holds the whole SavedModel.
-    model_id = best.tags[registry.TAG_MODEL_ID]
+    model_id = best.tags[TAG_MODEL_ID]
     model = client.get_logged_model(model_id)
     assert {m.key for m in model.metrics} >= {"loss", "mse", "score"}
     assert {m.step for m in model.metrics} == {16}
@@ -201,7 +202,7 @@ def test_sync_repairs_what_was_changed_behind_its_back(tmp_path, uri):
     best = found["best"]
     client.delete_registered_model_alias("tiny", "best")
     client.delete_model_version("tiny", best.version)
-    client.delete_logged_model(best.tags[registry.TAG_MODEL_ID])
+    client.delete_logged_model(best.tags[TAG_MODEL_ID])
 
     report = mirror.sync(model_dir, tracking_uri=uri, registered_model_name="tiny")
     assert report.models_logged == [8] and report.versions_created == [8]

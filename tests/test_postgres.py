@@ -29,6 +29,7 @@ from mlflow_checks import MlflowServer, check_mlflow, exporter_runs
 from postgres import PostgresServer, find_bindir
 
 from mlflow_best_export import MLflowBestExporter, mirror, registry
+from mlflow_best_export.tags import TAG_MODEL_ID
 from mlflow_best_export.tracking import exporter_key
 
 LOSSES = [50, 30, 40, 20, 25, 10, 60, 5, 8]  # new bests at steps 2, 4, 8, 12, 16
@@ -124,7 +125,7 @@ def test_train_and_evaluate_mirrors_the_n_best_into_a_postgres_backed_server(tmp
     # Artifacts were proxied: the client was handed mlflow-artifacts:/ locations, and the
     # SavedModels landed in the server's --artifacts-destination, not in this process's cwd.
     best = found["best"]
-    model = MlflowClient(uri).get_logged_model(best.tags[registry.TAG_MODEL_ID])
+    model = MlflowClient(uri).get_logged_model(best.tags[TAG_MODEL_ID])
     assert model.artifact_location.startswith("mlflow-artifacts:"), model.artifact_location
     stored = files_under(os.path.join(server.root, "artifacts"))
     assert {"MLmodel", "saved_model.pb", "variables.index"} <= stored
@@ -215,7 +216,7 @@ def test_a_crash_in_the_middle_of_an_upload_is_repaired_on_restart(tmp_path, ser
     assert not live & {m.model_id for m in pending}
     # The repaired best is whole: it downloads through the server, big variables included.
     dst = mlflow.artifacts.download_artifacts(
-        f"models:/{found['best'].tags[registry.TAG_MODEL_ID]}", dst_path=str(tmp_path / "dl")
+        f"models:/{found['best'].tags[TAG_MODEL_ID]}", dst_path=str(tmp_path / "dl")
     )
     sizes = [
         os.path.getsize(os.path.join(root, n))
