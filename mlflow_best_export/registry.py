@@ -692,5 +692,3 @@ def reclaim_leftover(client: MlflowClient, leftover: Leftover) -> None:
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
     get_artifact_repository(leftover.location, tracking_uri=client.tracking_uri).delete_artifacts()
-
-

@@ -172,15 +172,15 @@ def test_two_records_of_one_step_are_refused():
 def _spy_reads(monkeypatch) -> list[tuple[str, int, int]]:
     """(file name, offset before, offset after) of every read the readers make."""
     calls = []
-    original = EventFileReader.read_columns
+    original = EventFileReader.batches
 
-    def read_columns(self, max_bytes=None):
+    def batches(self, max_bytes=None):
         before = self.offset
-        result = original(self, max_bytes)
+        result = list(original(self, max_bytes))
         calls.append((os.path.basename(self.path), before, self.offset))
-        return result
+        return iter(result)
 
-    monkeypatch.setattr(EventFileReader, "read_columns", read_columns)
+    monkeypatch.setattr(EventFileReader, "batches", batches)
     return calls
 
 
