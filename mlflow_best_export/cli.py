@@ -43,16 +43,35 @@ def _one_line_errors(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         from mlflow.exceptions import MlflowException
 
+        from mlflow_best_export import store
+        from mlflow_best_export.tracking import first_line
+
         try:
             return fn(*args, **kwargs)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
-        except MlflowException as err:
-            raise CommandError(_first_line(err.message)) from err
         except (ValueError, OSError) as err:
-            raise CommandError(_first_line(str(err))) from err
+            raise CommandError(first_line(err)) from err
+        except Exception as err:
+            # MLflow's errors and anything else (SQLAlchemy's from a broken store, say) are
+            # one line too, the store's diagnosis first; the traceback with --verbose.
+            logger.info("%s failed", fn.__name__, exc_info=True)
+            explained = store.diagnose(store.resolve_uri(kwargs.get("tracking_uri")), err)
+            if explained is None and isinstance(err, MlflowException):
+                explained = first_line(err.message)
+            raise CommandError(explained or f"{type(err).__name__}: {first_line(err)}") from err
 
     return wrapper
+
+
+def _client(tracking_uri: str | None):
+    """An MlflowClient; a missing embedded SQLite store is created whole first."""
+    from mlflow.tracking import MlflowClient
+
+    from mlflow_best_export import store
+
+    store.ensure(store.resolve_uri(tracking_uri))
+    return MlflowClient(tracking_uri=tracking_uri)
 
 
 def _check_model_dir(model_dir: str) -> None:
@@ -79,10 +98,6 @@ def console_main() -> None:
             code = 1
         fs.exit_process(code or 0)
     sys.exit(code)
-
-
-def _first_line(text: str) -> str:
-    return (text or "").strip().splitlines()[0] if (text or "").strip() else "unknown error"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -320,15 +335,13 @@ def promote(name, from_alias, to_alias, requirements, dry_run, tracking_uri) -> 
 
     Refuses (exit 1) when the source alias is missing or a requirement fails.
     """
-    from mlflow.tracking import MlflowClient
-
     from mlflow_best_export import promotion
 
     try:
         parsed = [promotion.Requirement.parse(r) for r in requirements]
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--require") from None
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = _client(tracking_uri)
     _registered_model(client, name)
     result = promotion.promote(
         client,
@@ -353,11 +366,9 @@ def rollback(name, alias, dry_run, tracking_uri) -> None:
     The requirements recorded with that promotion are checked again; refuses
     (exit 1) when there is nothing to roll back or they fail.
     """
-    from mlflow.tracking import MlflowClient
-
     from mlflow_best_export import promotion
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = _client(tracking_uri)
     _registered_model(client, name)
     click.echo(promotion.rollback(client, name, alias=alias, dry_run=dry_run).summary())
 
@@ -374,11 +385,9 @@ def aliases(name, alias, fmt, tracking_uri) -> None:
     """Print the recorded alias moves of NAME (promotions and rollbacks), oldest first."""
     from dataclasses import asdict
 
-    from mlflow.tracking import MlflowClient
-
     from mlflow_best_export import promotion
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = _client(tracking_uri)
     model = _registered_model(client, name)
     moves = promotion.alias_history(client, name, alias)
     if fmt == "json":
@@ -437,12 +446,11 @@ def gc(name, keep, keep_latest, dry_run, tracking_uri) -> None:
     the artifacts of logged models that earlier releases deleted but left in
     the artifact store (in the experiments of NAME's versions) are reclaimed.
     """
-    from mlflow.tracking import MlflowClient
 
     from mlflow_best_export import registry
     from mlflow_best_export.retention import AnyOf, KeepBestN, KeepLatestN
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = _client(tracking_uri)
     _registered_model(client, name)
     policy = KeepBestN(keep)
     if keep_latest is not None:

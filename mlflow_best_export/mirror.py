@@ -27,7 +27,7 @@ from mlflow_best_export import fs
 from mlflow_best_export.exports import Export
 from mlflow_best_export.history import EvalHistory, EvalRecord
 from mlflow_best_export.ranking import Comparison
-from mlflow_best_export.tracking import normalize_dir, redact_text
+from mlflow_best_export.tracking import first_line, normalize_dir, redact_text
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +153,11 @@ class Mirror:
         from mlflow_best_export import registry, tracking
 
         if self._client is None:
+            from mlflow_best_export import store
+
+            # A missing embedded store is created whole before MLflow first opens it.
+            store.ensure(store.resolve_uri(self._tracking_uri))
+            store.ensure(self._registry_uri)
             self._client = MlflowClient(
                 tracking_uri=self._tracking_uri, registry_uri=self._registry_uri
             )
@@ -177,6 +182,17 @@ class Mirror:
                 compare_key=self._comparison.key if self._comparison else None,
             )
         return self._client
+
+    def explain(self, error: BaseException) -> str:
+        """One line on an MLflow failure: what is wrong with an embedded store and its fix,
+        else the error's first line (never the SQL that SQLAlchemy appends)."""
+        from mlflow_best_export import store
+
+        for uri in (self._registry_uri, store.resolve_uri(self._tracking_uri)):
+            diagnosis = store.diagnose(uri, error)
+            if diagnosis is not None:
+                return diagnosis
+        return f"{type(error).__name__}: {first_line(error)}"
 
     @property
     def run_id(self) -> str | None:
@@ -327,8 +343,8 @@ class Mirror:
 class BackgroundSync:
     """Runs a :class:`Mirror` on a worker thread, newest snapshot first.
 
-    ``request()`` never blocks. Failures are logged as warnings (one per
-    outage, not one per attempt) and retried at the next request; with
+    ``request()`` never blocks. Failures are logged as warnings (one line per
+    kind of failure in an outage, not one per attempt) and retried at the next request; with
     ``strict=True`` the failure is raised by the next ``request()`` or ``flush()``.
     """
 
@@ -342,6 +358,7 @@ class BackgroundSync:
         self._finished = 0
         self._error: BaseException | None = None
         self._failing = False
+        self._warned: set[str] = set()  # kinds of failure warned about in this outage
         self._closed = False
         self.last_report: SyncReport | None = None
         self._thread = threading.Thread(
@@ -442,12 +459,13 @@ class BackgroundSync:
             self.mirror.reset()
             if self.strict:
                 self._error = err
-            if not self._failing:
+            kind = type(err).__name__
+            if kind not in self._warned:
+                self._warned.add(kind)
                 logger.warning(
-                    "Could not bring MLflow in line with the model directory (%s: %s); "
-                    "training continues and the next export retries.",
-                    type(err).__name__,
-                    redact_text(err),
+                    "Could not bring MLflow in line with the model directory (%s); training "
+                    "continues and the next export retries.",
+                    self.mirror.explain(err),
                 )
             else:
                 logger.debug("MLflow still failing: %s", redact_text(err))
@@ -456,6 +474,7 @@ class BackgroundSync:
         if self._failing:
             logger.warning("MLflow is reachable again and back in step with the model directory.")
         self._failing = False
+        self._warned.clear()
         self._error = None
         if self.last_report.changed:
             logger.info("MLflow sync: %s", self.last_report.summary())

@@ -41,6 +41,14 @@ def redact_text(text: object) -> str:
     return _URL_USERINFO.sub(r"\g<scheme>***@", str(text))
 
 
+def first_line(error: object, limit: int = 300) -> str:
+    """The first line of an error message, redacted and at most ``limit`` characters:
+    SQLAlchemy appends whole SQL statements to its messages."""
+    text = redact_text(error).strip()
+    line = text.splitlines()[0] if text else "unknown error"
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
 def sanitize_metric_name(name: str) -> str:
     """A metric name MLflow accepts, as close to ``name`` as possible.
 
