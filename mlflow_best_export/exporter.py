@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -20,11 +19,12 @@ from typing import Any
 import tensorflow as tf
 
 from mlflow_best_export import exports as exports_lib
-from mlflow_best_export import fs, ranking, retention
+from mlflow_best_export import fs, ranking, retention, staging
 from mlflow_best_export.exports import Export, ExportDirLock
 from mlflow_best_export.history import EvalHistory, HistoryReader
 from mlflow_best_export.keeper import Candidate, Keeper
 from mlflow_best_export.mirror import MirrorSession, MirrorSettings, validate_flag
+from mlflow_best_export.staging import staging_dir
 
 logger = logging.getLogger(__name__)
 
@@ -393,6 +393,7 @@ class MLflowBestExporter(tf.estimator.BestExporter):
         lock.acquire()
         self._lock = lock
         exports_lib.remove_stale_temps(export_base)
+        staging.sweep_once()  # what a killed predecessor staged locally
         self._history_reader = (
             HistoryReader(model_dir, self._event_file_pattern) if self._event_file_pattern else None
         )
@@ -497,7 +498,7 @@ class MLflowBestExporter(tf.estimator.BestExporter):
             comparison=self._comparison,
             recovered=recovered,
         )
-        with tempfile.TemporaryDirectory(prefix="mlflow_best_export-") as tmp:
+        with staging_dir() as tmp:
             # The metadata travels as an extra asset, so it lands in the export before the
             # Estimator renames it into place: no export is ever seen without it.
             assets_extra = dict(self._assets_extra)

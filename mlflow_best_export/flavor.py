@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from mlflow_best_export import fs
 from mlflow_best_export._version import __version__
 from mlflow_best_export.signature import signature_of
+from mlflow_best_export.staging import staging_dir
 
 if TYPE_CHECKING:
     import mlflow
@@ -116,7 +116,7 @@ def save_model(
         requirements = get_default_pip_requirements() + (
             _requirement_list(extra_pip_requirements) or []
         )
-    with tempfile.TemporaryDirectory(prefix="mlflow_best_export-") as tmp:
+    with staging_dir() as tmp:
         # MLflow copies data_path to data/<its name>: the name must be "saved_model". A local
         # export is linked under that name (copied once, by MLflow); a remote one is fetched.
         staged = os.path.join(tmp, os.path.basename(SAVED_MODEL_SUBPATH))
@@ -206,7 +206,7 @@ def log_model(
     try:
         if run_id is not None:
             client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=step or 0)])
-        with tempfile.TemporaryDirectory(prefix="mlflow_best_export-") as tmp:
+        with staging_dir() as tmp:
             local_path = os.path.join(tmp, "model")
             mlflow_model = Model(
                 artifact_path=model.artifact_location,

@@ -29,6 +29,7 @@ from mlflow_best_export.exports import Export
 from mlflow_best_export.keeper import Keeper
 from mlflow_best_export.ranking import Comparison
 from mlflow_best_export.retention import Candidate, RetentionPolicy
+from mlflow_best_export.staging import staging_dir
 from mlflow_best_export.tags import (
     TAG_CHECKPOINT,
     TAG_EXPORTER,
@@ -666,11 +667,9 @@ def _backs_a_version(client: MlflowClient, model_id: str) -> bool:
 
 
 def _is_ours(repo: Any, flavor: str) -> bool:
-    import tempfile
-
     import yaml
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with staging_dir() as tmp:
         try:
             path = repo.download_artifacts("artifacts/MLmodel", tmp)
         except Exception:  # noqa: BLE001 - no MLmodel (or unreadable): not provably ours

@@ -70,6 +70,17 @@ class Trial:
         return f"sqlite:///{self.root}/mlflow.db"
 
     @property
+    def tmpdir(self) -> Path:
+        """The processes' temporary directory (``TMPDIR``)."""
+        path = self.root / "tmp"
+        path.mkdir(exist_ok=True)
+        return path
+
+    def staged(self) -> list[str]:
+        """What processes staged in the temporary directory and did not remove."""
+        return sorted(n for n in os.listdir(self.tmpdir) if n.startswith("mlflow_best_export-"))
+
+    @property
     def export_base(self) -> str:
         return os.path.join(self.model_dir, "export", "best_exporter")
 
@@ -99,8 +110,10 @@ class Trial:
             args += ["--max-steps", str(max_steps)]
         if kill is not None:
             args += ["--kill", kill]
+        # A private temporary directory, so that what a killed process staged can be seen.
+        env = dict(child_env(), TMPDIR=str(self.tmpdir))
         proc = subprocess.run(
-            args, env=child_env(), cwd=self.root, capture_output=True, text=True, timeout=timeout
+            args, env=env, cwd=self.root, capture_output=True, text=True, timeout=timeout
         )
         self.log.append(f"{kill or 'no kill'} (max_steps={max_steps}): exit {proc.returncode}")
         # Kept for post-mortems: what each process said, numbered in order.
@@ -182,6 +195,7 @@ def check_invariants(trial: Trial) -> None:
     assert trial.kept_steps() == expected, f"disk keeps {trial.kept_steps()}, want {expected}"
     temps = [n for n in os.listdir(trial.export_base) if n.startswith("temp-")]
     assert not temps, f"unfinished directories left: {temps}"
+    assert not trial.staged(), f"staging directories left in TMPDIR: {trial.staged()}"
 
     try:
         found = check_mlflow(

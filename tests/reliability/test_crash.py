@@ -55,6 +55,7 @@ def left_in_savedmodel_write(trial):
     assert os.path.exists(os.path.join(temp, "saved_model.pb"))
     assert not os.path.exists(os.path.join(temp, "assets.extra"))  # the metadata never arrived
     assert 8 not in trial.kept_steps()
+    assert trial.staged(), "the metadata's staging directory should be left by the kill"
 
 
 def left_before_retention(trial):
@@ -71,6 +72,7 @@ def left_during_upload(trial):
     client, models, _ = ours(trial)
     pending = [m for m in models if not m.ready]
     assert any(model_step(client, m) >= 8 for m in pending), models
+    assert trial.staged(), "the MLmodel's staging directory should be left by the kill"
 
 
 def left_before_register(trial):
