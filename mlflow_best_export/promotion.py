@@ -3,8 +3,10 @@
 The exporter keeps ``best`` on the best export; a promotion script moves a
 second alias (``champion``) to that version only when it meets requirements on
 the metrics recorded with it. Every move is recorded on the registered model,
-in the tag ``mlflow_best_export.alias_history.<alias>`` (a JSON list: from
-which version to which, the requirements, when, who, and why), so that
+one tag per move, ``mlflow_best_export.alias_history.<alias>.<id>`` (JSON: from
+which version to which, the requirements, when, who, and why; the id sorts by
+time), so that two promotions at the same moment cannot overwrite each other's
+record (one tag holding a list would be a read-modify-write), and so that
 ``rollback`` can move the alias back to the version that held it before,
 checking the same requirements, and ``alias_history`` can show what happened.
 """
@@ -17,6 +19,7 @@ import logging
 import operator
 import os
 import re
+import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -180,7 +183,8 @@ class AliasMove:
       requirements: the requirements checked, as text (``loss<0.3``).
       time: seconds since the epoch.
       user: who moved it (``MLFLOW_TRACKING_USERNAME``, else the login name).
-      undoes: for a rollback, the index of the promotion it undid.
+      undoes: for a rollback, the id of the promotion it undid.
+      id: the record's id (nanoseconds since the epoch and a random suffix).
     """
 
     alias: str
@@ -191,7 +195,8 @@ class AliasMove:
     requirements: tuple[str, ...] = ()
     time: float = 0.0
     user: str = ""
-    undoes: int | None = None
+    undoes: str | None = None
+    id: str = ""
 
     def summary(self) -> str:
         """One line for the command line."""
@@ -212,8 +217,8 @@ def _user() -> str:
         return "unknown"
 
 
-def _history_tag(alias: str) -> str:
-    return TAG_ALIAS_HISTORY_PREFIX + alias
+def _history_prefix(alias: str) -> str:
+    return f"{TAG_ALIAS_HISTORY_PREFIX}{alias}."
 
 
 def alias_history(client: MlflowClient, name: str, alias: str | None = None) -> list[AliasMove]:
@@ -222,44 +227,44 @@ def alias_history(client: MlflowClient, name: str, alias: str | None = None) -> 
     Raises:
       MlflowException: when the registered model does not exist.
     """
+    prefix = TAG_ALIAS_HISTORY_PREFIX if alias is None else _history_prefix(alias)
     tags = client.get_registered_model(name).tags or {}
-    moves: list[AliasMove] = []
-    for key, value in tags.items():
-        if not key.startswith(TAG_ALIAS_HISTORY_PREFIX):
-            continue
-        if alias is not None and key != _history_tag(alias):
-            continue
-        moves.extend(_parse_moves(value))
-    return sorted(moves, key=lambda m: m.time)
+    moves = [_parse_move(key, value) for key, value in tags.items() if key.startswith(prefix)]
+    return sorted((m for m in moves if m is not None), key=lambda m: (m.time, m.id))
 
 
-def _parse_moves(value: str) -> list[AliasMove]:
+def _parse_move(key: str, value: str) -> AliasMove | None:
+    """The move a tag records, or None if the tag is not a record."""
+    alias, _, record_id = key[len(TAG_ALIAS_HISTORY_PREFIX) :].partition(".")
     try:
-        entries = json.loads(value)
-    except ValueError:
-        return []
-    moves = []
-    for entry in entries if isinstance(entries, list) else []:
-        try:
-            entry = dict(entry)
-            entry["requirements"] = tuple(entry.get("requirements") or ())
-            moves.append(AliasMove(**entry))
-        except (TypeError, ValueError):
-            continue
-    return moves
+        entry = dict(json.loads(value))
+        entry["requirements"] = tuple(entry.get("requirements") or ())
+        return AliasMove(**{**entry, "alias": alias, "id": record_id})
+    except (TypeError, ValueError):
+        return None
 
 
 def _move(client: MlflowClient, name: str, **move: Any) -> None:
     """Move the alias and record the move (now, by this user)."""
-    recorded = AliasMove(time=time.time(), user=_user(), **move)
+    now = time.time_ns()
+    recorded = AliasMove(
+        time=now / 1e9, user=_user(), id=f"{now:020d}-{secrets.token_hex(4)}", **move
+    )
     client.set_registered_model_alias(name, recorded.alias, recorded.to_version)
     _record(client, name, recorded)
 
 
 def _record(client: MlflowClient, name: str, move: AliasMove) -> None:
-    moves = alias_history(client, name, move.alias) + [move]
-    entries = [asdict(m) for m in moves[-HISTORY_LIMIT:]]
-    client.set_registered_model_tag(name, _history_tag(move.alias), json.dumps(entries))
+    """Add the record of ``move`` as a tag of its own; drop the oldest beyond the limit."""
+    from mlflow.exceptions import MlflowException
+
+    entry = {k: v for k, v in asdict(move).items() if k not in ("alias", "id")}
+    client.set_registered_model_tag(name, _history_prefix(move.alias) + move.id, json.dumps(entry))
+    for old in alias_history(client, name, move.alias)[:-HISTORY_LIMIT]:
+        try:
+            client.delete_registered_model_tag(name, _history_prefix(old.alias) + old.id)
+        except MlflowException:  # a concurrent promotion dropped it first
+            continue
 
 
 @dataclass(frozen=True)
@@ -311,17 +316,14 @@ def rollback(
     moves = alias_history(client, name, alias)
     undone = {m.undoes for m in moves if m.action == "rollback"}
     candidates = [
-        i
-        for i, m in enumerate(moves)
-        if m.action == "promote" and i not in undone and m.to_version == current
+        m for m in moves if m.action == "promote" and m.id not in undone and m.to_version == current
     ]
     if not candidates:
         raise PromotionRefused(
             f"No recorded promotion put {name}@{alias} on version {current}: nothing to roll "
             f"back (see `mlflow-best-export aliases {name}`)."
         )
-    index = candidates[-1]
-    promotion = moves[index]
+    promotion = candidates[-1]
     if promotion.from_version is None:
         raise PromotionRefused(
             f"{name}@{alias} had no version before version {current} was promoted; nothing to "
@@ -345,7 +347,7 @@ def rollback(
             to_version=str(target.version),
             action="rollback",
             requirements=promotion.requirements,
-            undoes=index,
+            undoes=promotion.id,
         )
         logger.info("Rolled %s@%s back to version %s.", name, alias, target.version)
     return Rollback(name, alias, current, str(target.version), promotion.requirements, dry_run)

@@ -43,7 +43,7 @@ TAG_MODEL_VERSIONS = "mlflow.modelVersions"
 
 # -- registered models -------------------------------------------------------------------------
 
-#: ``alias_history.<alias>`` on a registered model: the recorded moves of an alias.
+#: ``alias_history.<alias>.<id>`` on a registered model: one recorded move of an alias.
 TAG_ALIAS_HISTORY_PREFIX = TAG_PREFIX + "alias_history."
 
 _RESERVED_ALIASES = ("latest",)

@@ -274,7 +274,12 @@ def test_promotions_are_audited_and_rolled_back_step_by_step(store, monkeypatch)
     assert "had no version before" in result.output
     assert client.get_model_version_by_alias("tiny", "champion").version == best.version
     moves = json.loads(cli("aliases", "tiny", "--format", "json", "--tracking-uri", store).output)
-    assert [(m["action"], m["undoes"]) for m in moves][-1] == ("rollback", 1)
+    assert [(m["action"], m["undoes"]) for m in moves][-1] == ("rollback", moves[1]["id"])
+    # Each move is a tag of its own (two promotions at once cannot overwrite a record).
+    history = [k for k in client.get_registered_model("tiny").tags if ".alias_history." in k]
+    assert sorted(history) == sorted(
+        f"mlflow_best_export.alias_history.champion.{m['id']}" for m in moves
+    )
 
 
 @pytest.mark.slow
