@@ -77,12 +77,13 @@ class SyncReport:
         parts = []
         if self.metrics_logged:
             parts.append(f"{self.metrics_logged} eval steps mirrored")
+        # Numbers that name things (steps, versions) are listed; counts stand alone.
         if self.models_logged:
-            parts.append(f"models logged for steps {self.models_logged}")
+            parts.append(f"models logged for steps {_listed(self.models_logged)}")
         if self.versions_created:
-            parts.append(f"versions created for steps {self.versions_created}")
+            parts.append(f"versions created for steps {_listed(self.versions_created)}")
         if self.versions_deleted:
-            parts.append(f"versions deleted: {', '.join(self.versions_deleted)}")
+            parts.append(f"versions {_listed(self.versions_deleted)} deleted")
         if self.models_deleted:
             parts.append(f"{len(self.models_deleted)} logged models deleted")
         if self.alias_moved_to is not None:
@@ -92,6 +93,10 @@ class SyncReport:
                 f"artifacts of {len(self.storage_reclaimed)} deleted logged models reclaimed"
             )
         return "; ".join(parts) + "."
+
+
+def _listed(items: list) -> str:
+    return ", ".join(map(str, items))
 
 
 ProgressFn = Callable[[str, int, int], None]

@@ -191,7 +191,7 @@ def test_sync_repairs_and_then_has_nothing_to_do(trained, store):
     client.delete_model_version("tiny", best.version)
 
     out = cli("sync", model_dir, "--registered-model", "tiny", "--tracking-uri", store).output
-    assert "versions created for steps [16]" in out and "alias moved to step 16" in out
+    assert "versions created for steps 16;" in out and "alias moved to step 16" in out
     check_mlflow(model_dir, store, registered_model_name="tiny", best_step=16)
     out = cli_process(
         "sync", model_dir, "--registered-model", "tiny", "--tracking-uri", store
