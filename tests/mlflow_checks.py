@@ -82,6 +82,7 @@ def check_mlflow(
     best_step: int | None = None,
     run_id: str | None = None,
     artifacts_destination: str | None = None,
+    local_copy: str | None = None,
 ) -> dict:
     """Assert that MLflow mirrors the model directory exactly; return what was found.
 
@@ -94,7 +95,9 @@ def check_mlflow(
     - each live version is linked on its LoggedModel (``mlflow.modelVersions``).
 
     Expectations come from the model directory itself (listing, summary_iterator)
-    and MLflow's client, never from this package's readers.
+    and MLflow's client, never from this package's readers. For a model directory
+    in a bucket, ``local_copy`` is a copy of its objects made with boto3: it is
+    read, and its paths stand for ``model_dir``'s.
     """
     client = MlflowClient(tracking_uri)
     if run_id is None:
@@ -103,7 +106,7 @@ def check_mlflow(
         run = runs[0]
     else:
         run = client.get_run(run_id)
-    history = eval_steps(model_dir)
+    history = eval_steps(local_copy or model_dir)
     assert history, "no eval history"
     for metric, expected in history.items():
         if not _PLAIN_METRIC.match(metric):
@@ -111,7 +114,9 @@ def check_mlflow(
         logged = client.get_metric_history(run.info.run_id, metric)
         assert sorted(m.step for m in logged) == expected, (metric, logged, expected)
 
-    kept = kept_dirs(model_dir, name)
+    kept = kept_dirs(local_copy or model_dir, name)
+    if local_copy is not None:
+        kept = [model_dir.rstrip("/") + d[len(_absolute(local_copy)) :] for d in kept]
     models = [
         SimpleNamespace(
             model_id=m.model_id,

@@ -406,6 +406,17 @@ def _install_mlflow_kill(point: str, at_step: int) -> None:
         registry.reclaim_storage = reclaim_then_die
 
 
+def copy_tree(source: str, target: str) -> None:
+    """Copy a directory of any filesystem TensorFlow knows to a local one, with tf.io.gfile."""
+    import tensorflow as tf
+
+    for directory, _, files in tf.io.gfile.walk(source):
+        local = os.path.join(target, directory[len(source) :].lstrip("/"))
+        os.makedirs(local, exist_ok=True)
+        for name in files:
+            tf.io.gfile.copy(f"{directory}/{name}", os.path.join(local, name), overwrite=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model-dir", required=True)
@@ -419,6 +430,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-level", default=None, help="log mlflow_best_export at this level")
     parser.add_argument(
         "--exit-process", action="store_true", help="end with fs.exit_process(0) (S3's abort)"
+    )
+    parser.add_argument(
+        "--copy-to",
+        default=None,
+        help="at the end, copy the model directory here with tf.io.gfile (for a ram:// one, "
+        "which ends with the process)",
     )
     parser.add_argument(
         "--flush-each",
@@ -463,6 +480,8 @@ def main(argv: list[str] | None = None) -> None:
     train(args.model_dir, exporter, losses, every=args.every, max_steps=args.max_steps)
     if hasattr(exporter, "close"):
         exporter.close()
+    if args.copy_to:
+        copy_tree(args.model_dir, args.copy_to)
     if args.exit_process:
         fs.exit_process(0)
 

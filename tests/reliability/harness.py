@@ -1,9 +1,12 @@
-"""Kill real training at a chosen point, restart it, and check what it left behind.
+"""Kill real training at a chosen point or moment, restart it, and check what it left.
 
 Every process here is a real ``train_and_evaluate`` of ``tests/tiny.py`` with
-``MLflowBestExporter`` writing to a private SQLite tracking store and a
-registered model. ``tiny.py --kill POINT:STEP`` SIGKILLs the process at one
-exact moment (see ``tiny.KILL_POINTS``); that is the only injected fault.
+``MLflowBestExporter`` writing to a private SQLite tracking store (created by
+the first process, as a user's first run does) and a registered model; the
+model directory is local or in a bucket of a real S3 server (moto's, through
+tensorflow-io). A process is SIGKILLed either by itself at one exact moment
+(``tiny.py --kill POINT:STEP``, see ``tiny.KILL_POINTS``) or from outside after a
+number of seconds; that is the only injected fault.
 
 Restarting means what a user does: start the same training again. A process
 killed after its last checkpoint was evaluated cannot be repaired that way:
@@ -15,9 +18,9 @@ gives the exporter one more ``export()`` call to reconcile in.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -32,10 +35,8 @@ for _path in (str(TESTS), str(REPO)):
 
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
-from mlflow_checks import check_mlflow, exporter_runs, kept_dirs  # noqa: E402
+from mlflow_checks import check_mlflow, exporter_runs  # noqa: E402
 from oracles import eval_records, export_dirs, export_metadata, export_steps, new_best_steps  # noqa: E402
-
-from mlflow_best_export import loss_smaller  # noqa: E402
 
 # Scheduled eval losses, one per checkpoint every 2 steps: new bests at 2, 4, 8, 12, 16.
 LOSSES = (50, 30, 40, 20, 25, 10, 60, 5, 8)
@@ -55,15 +56,44 @@ class Trial:
     registered_model_name: str = MODEL_NAME
     exporter_kwargs: dict = field(default_factory=dict)
     log: list[str] = field(default_factory=list)
+    #: A running ``tests/s3.S3Server``: the model directory is ``s3://<new bucket>/run``.
+    s3: object | None = None
+    #: The model directory is ``ram://<root's name>/run``: it ends with each process, so
+    #: the recovery run copies it out for the oracles (``tiny.py --copy-to``).
+    ram: bool = False
 
     def __post_init__(self):
         self.root = Path(self.root)
         self.root.mkdir(parents=True, exist_ok=True)
-        create_store(self.uri, self.root)
+        self.bucket = self.s3.new_bucket() if self.s3 is not None else None
 
     @property
     def model_dir(self) -> str:
+        if self.bucket is not None:
+            return f"s3://{self.bucket}/run"
+        if self.ram:
+            return f"ram://{self.root.name}/run"
         return str(self.root / "model")
+
+    @property
+    def ram_copy(self) -> Path:
+        return self.root / "ram-copy"
+
+    def local_model_dir(self) -> str:
+        """The model directory as the oracles read it: itself, or a fresh copy of the
+        bucket's objects made with boto3 (so that what is read is what the bucket holds)."""
+        if self.ram:
+            return str(self.ram_copy)
+        if self.bucket is None:
+            return self.model_dir
+        copy = self.root / "bucket-copy"
+        shutil.rmtree(copy, ignore_errors=True)
+        for key in self.s3.keys(self.bucket, "run/"):
+            target = copy / key[len("run/") :]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(self.s3.read(self.bucket, key))
+        copy.mkdir(exist_ok=True)
+        return str(copy)
 
     @property
     def uri(self) -> str:
@@ -85,9 +115,16 @@ class Trial:
         return os.path.join(self.model_dir, "export", "best_exporter")
 
     def train(
-        self, *, kill: str | None = None, max_steps: int | None = None, timeout: float = 300
+        self,
+        *,
+        kill: str | None = None,
+        max_steps: int | None = None,
+        timeout: float = 300,
+        kill_after: float | None = None,
+        copy_to: bool = False,
     ) -> subprocess.CompletedProcess:
-        """Run tiny.py to ``max_steps`` (default: the schedule's end), maybe killed at ``kill``."""
+        """Run tiny.py to ``max_steps`` (default: the schedule's end), maybe killed at ``kill``
+        (a point) or SIGKILLed from outside ``kill_after`` seconds after it started."""
         kwargs = {"tracking_uri": self.uri, "registered_model_name": self.registered_model_name}
         kwargs.update(self.exporter_kwargs)
         args = [
@@ -110,17 +147,22 @@ class Trial:
             args += ["--max-steps", str(max_steps)]
         if kill is not None:
             args += ["--kill", kill]
+        if self.s3 is not None:
+            args += ["--exit-process"]  # tensorflow-io's S3 filesystem aborts at exit
+        if copy_to:
+            args += ["--copy-to", str(self.ram_copy)]
         # A private temporary directory, so that what a killed process staged can be seen.
         env = dict(child_env(), TMPDIR=str(self.tmpdir))
-        proc = subprocess.run(
-            args, env=env, cwd=self.root, capture_output=True, text=True, timeout=timeout
-        )
-        self.log.append(f"{kill or 'no kill'} (max_steps={max_steps}): exit {proc.returncode}")
+        if self.s3 is not None:
+            env.update(self.s3.env)
+        proc = _run(args, env, self.root, timeout, kill_after)
+        what = kill or (f"SIGKILL after {kill_after:.2f} s" if kill_after is not None else "")
+        self.log.append(f"{what or 'no kill'} (max_steps={max_steps}): exit {proc.returncode}")
         # Kept for post-mortems: what each process said, numbered in order.
-        (self.root / f"process-{len(self.log)}.log").write_text(proc.stdout + proc.stderr)
+        (self.root / f"process-{len(self.log)}.log").write_text(proc.stdout)
         if proc.returncode not in (0, KILLED):
             raise AssertionError(
-                f"tiny.py failed with {proc.returncode} ({kill})\n{proc.stderr[-6000:]}"
+                f"tiny.py failed with {proc.returncode} ({kill})\n{proc.stdout[-6000:]}"
             )
         return proc
 
@@ -128,18 +170,29 @@ class Trial:
         """Train with a kill at ``point`` armed for ``step``; True if the process was killed."""
         return self.train(kill=f"{point}:{step}").returncode == KILLED
 
+    def kill_after(self, seconds: float) -> bool:
+        """Train and SIGKILL the process ``seconds`` after it started; True if it was
+        still running then."""
+        return self.train(kill_after=seconds).returncode == KILLED
+
     def recover(self) -> None:
         """Restart training and let it finish (one checkpoint past the killed runs' end)."""
-        proc = self.train(max_steps=STEPS[-1] + EVERY)
+        shutil.rmtree(self.ram_copy, ignore_errors=True)
+        proc = self.train(max_steps=STEPS[-1] + EVERY, copy_to=self.ram)
         if proc.returncode != 0:
-            raise AssertionError(f"the recovery run was killed\n{proc.stderr[-6000:]}")
+            raise AssertionError(f"the recovery run was killed\n{proc.stdout[-6000:]}")
 
     def latest_checkpoint_step(self) -> int:
         """The step of the newest checkpoint (0 when there is none), without TensorFlow."""
-        try:
-            names = os.listdir(self.model_dir)
-        except FileNotFoundError:
-            return 0
+        if self.ram:
+            return 0  # each process starts with an empty ram:// directory
+        if self.bucket is not None:
+            names = [k[len("run/") :] for k in self.s3.keys(self.bucket, "run/")]
+        else:
+            try:
+                names = os.listdir(self.model_dir)
+            except FileNotFoundError:
+                return 0
         steps = [
             int(n[len("model.ckpt-") : -len(".index")])
             for n in names
@@ -147,13 +200,14 @@ class Trial:
         ]
         return max(steps, default=0)
 
-    def expected_kept(self) -> list[int]:
+    def expected_kept(self, local: str | None = None) -> list[int]:
         """What a never-stopped process keeps: the last ``keep`` new bests of the history."""
-        return new_best_steps(eval_records(self.model_dir), loss_smaller, self.keep)
+        records = eval_records(local or self.local_model_dir())
+        return new_best_steps(records, _loss_smaller, self.keep)
 
-    def kept_steps(self) -> list[int]:
+    def kept_steps(self, local: str | None = None) -> list[int]:
         """The steps of the exports on disk, oldest first."""
-        return sorted(export_steps(self.export_base))
+        return sorted(export_steps(_export_base(local or self.local_model_dir())))
 
     def check(self) -> None:
         """Assert every invariant of a recovered model directory and its MLflow mirror.
@@ -164,16 +218,29 @@ class Trial:
         check_invariants(self)
 
 
-def create_store(uri: str, root: Path) -> None:
-    """Create the SQLite tracking store before any process that may be killed uses it.
+def _loss_smaller(best_eval_result, current_eval_result) -> bool:
+    """The Estimator's ``_loss_smaller``, written out (the oracle uses no product code)."""
+    return current_eval_result["loss"] < best_eval_result["loss"]
 
-    A team's tracking store exists before training starts. Creating it is MLflow's
-    schema migration, which is not atomic: a SIGKILL in the middle of it leaves a
-    store that fails forever after ("duplicate column name: run_link"), which no
-    exporter can repair. The artifact root is ``<root>/mlruns``.
-    """
-    with contextlib.chdir(root):
-        MlflowClient(uri).search_experiments()
+
+def _export_base(model_dir: str) -> str:
+    return os.path.join(model_dir, "export", "best_exporter")
+
+
+def _run(args, env, cwd, timeout: float, kill_after: float | None) -> subprocess.CompletedProcess:
+    """Run a child; with ``kill_after``, SIGKILL it that many seconds after its start."""
+    with subprocess.Popen(
+        args, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as proc:
+        try:
+            out, _ = proc.communicate(timeout=timeout if kill_after is None else kill_after)
+        except subprocess.TimeoutExpired:
+            if kill_after is None:
+                proc.kill()
+                raise
+            proc.kill()
+            out, _ = proc.communicate(timeout=60)
+        return subprocess.CompletedProcess(args, proc.returncode, out, "")
 
 
 def child_env() -> dict[str, str]:
@@ -186,15 +253,25 @@ def child_env() -> dict[str, str]:
     return env
 
 
+#: What may stand in an export directory beside the kept exports: the lock (a lease file
+#: on object stores; README "Model directory on GCS, S3, HDFS").
+LOCK_FILE = ".mlflow_best_export.lock"
+
+
 def check_invariants(trial: Trial) -> None:
-    """The disk holds what a never-stopped run keeps, and MLflow mirrors exactly that."""
-    expected = trial.expected_kept()
-    exports = export_dirs(trial.export_base)
+    """The disk (or bucket) holds what a never-stopped run keeps, MLflow mirrors exactly
+    that, and nothing is left over: no temp-* directory, no other object in the export
+    directory, no staging directory in TMPDIR."""
+    local = trial.local_model_dir()
+    base = _export_base(local)
+    expected = trial.expected_kept(local)
+    exports = export_dirs(base)
     missing_metadata = [p for p in exports if export_metadata(p) is None]
     assert not missing_metadata, f"exports without metadata: {missing_metadata}"
-    assert trial.kept_steps() == expected, f"disk keeps {trial.kept_steps()}, want {expected}"
-    temps = [n for n in os.listdir(trial.export_base) if n.startswith("temp-")]
-    assert not temps, f"unfinished directories left: {temps}"
+    kept = trial.kept_steps(local)
+    assert kept == expected, f"disk keeps {kept}, want {expected}"
+    leftovers = sorted(set(os.listdir(base)) - {os.path.basename(p) for p in exports} - {LOCK_FILE})
+    assert not leftovers, f"left in the export directory: {leftovers}"
     assert not trial.staged(), f"staging directories left in TMPDIR: {trial.staged()}"
 
     try:
@@ -203,6 +280,7 @@ def check_invariants(trial: Trial) -> None:
             trial.uri,
             registered_model_name=trial.registered_model_name,
             best_step=expected[-1],
+            local_copy=local if trial.bucket is not None or trial.ram else None,
         )
     except MlflowException as err:  # e.g. "Registered model alias best not found."
         raise AssertionError(f"MLflow does not mirror the model directory: {err}") from err
@@ -214,7 +292,7 @@ def check_invariants(trial: Trial) -> None:
     for version in found["versions"]:
         assert version.model_id in models, (version, sorted(models))
         assert models[version.model_id].export_dir == version.export_dir
-    assert len(kept_dirs(trial.model_dir)) == len(expected)
+    assert len(found["kept"]) == len(expected)
 
 
 def invariants_hold(trial: Trial) -> bool:

@@ -7,11 +7,16 @@ import pytest
 
 
 @pytest.mark.slow
-def test_a_small_seeded_campaign_recovers_from_every_kill(tmp_path):
+@pytest.mark.parametrize("store, kills", [("local", 3), ("ram", 2), ("s3", 2)])
+def test_a_small_seeded_campaign_recovers_from_every_kill(tmp_path, store, kills):
     messages = []
-    tally = campaign.run(3, seed=20261125, workdir=str(tmp_path), log=messages.append)
-    assert tally.kills == 3, messages
-    assert tally.line() == "3 kills, 3 recovered, 0 invariant violations", tally.failures
+    tally = campaign.run(
+        kills, seed=20261125, workdir=str(tmp_path), log=messages.append, store=store
+    )
+    assert tally.kills == kills, messages
+    assert tally.line() == f"{kills} kills, {kills} recovered, 0 invariant violations", (
+        tally.failures
+    )
 
 
 def test_the_campaign_counts_a_violation(tmp_path, monkeypatch):
@@ -19,6 +24,7 @@ def test_the_campaign_counts_a_violation(tmp_path, monkeypatch):
     import harness
 
     monkeypatch.setattr(harness.Trial, "kill_at", lambda self, point, step: True)
+    monkeypatch.setattr(harness.Trial, "kill_after", lambda self, seconds: True)
     monkeypatch.setattr(harness.Trial, "recover", lambda self: None)
 
     def broken(self):
