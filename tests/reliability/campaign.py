@@ -2,7 +2,7 @@
 
 Run it on demand from the repository root::
 
-    python tests/reliability/campaign.py --kills 50 [--store local|ram|s3] [--seed N]
+    python tests/reliability/campaign.py --kills 50 [--store local|ram|s3] [--server] [--seed N]
     python tests/reliability/campaign.py --replay SEED [--store ...]   # one episode again
 
 Each episode (a trial) has a seed of its own, printed first: from it come a
@@ -10,7 +10,9 @@ fresh model directory (local; ``ram://``, which ends with its process, so that a
 restart begins from nothing while MLflow still holds the killed runs' models;
 or ``s3://<new bucket>/run`` on a moto server the campaign starts on
 127.0.0.1) and a fresh ``sqlite:///`` store that the
-first process creates, a random ``exports_to_keep``, and one to three kills in
+first process creates (with ``--server``: an experiment and a registered model
+of its own on a real ``mlflow server`` with proxied artifacts, started by the
+campaign on 127.0.0.1), a random ``exports_to_keep``, and one to three kills in
 a row. A kill is either at a named point of an export (``tiny.KILL_POINTS``, a
 random step) or a SIGKILL from outside at a random moment of the process: a
 quarter of them in its first 5 s (imports, the first checkpoint), the rest up
@@ -83,11 +85,18 @@ def choose_kill(rng: random.Random, trial: harness.Trial) -> tuple[str, object] 
 
 
 def run_episode(
-    seed: int, root: Path, tally: Tally, kills_left: int, log, s3=None, ram: bool = False
+    seed: int,
+    root: Path,
+    tally: Tally,
+    kills_left: int,
+    log,
+    s3=None,
+    ram: bool = False,
+    server=None,
 ) -> None:
     """One trial from its own seed: kills, a recovery run, the invariants."""
     rng = random.Random(seed)
-    trial = harness.Trial(root, keep=rng.choice((1, 2, 3)), s3=s3, ram=ram)
+    trial = harness.Trial(root, keep=rng.choice((1, 2, 3)), s3=s3, ram=ram, server=server)
     tally.episodes += 1
     killed = []
     try:
@@ -126,15 +135,21 @@ def run_episode(
 
 
 @contextlib.contextmanager
-def store_server(store: str, base: Path):
-    """The S3 server for ``--store s3`` (None for the others)."""
-    if store != "s3":
-        yield None
-        return
-    from s3 import s3_server
+def servers(store: str, tracking_server: bool, base: Path):
+    """``(S3 server for --store s3, mlflow server for --server)``, each None when not asked."""
+    with contextlib.ExitStack() as stack:
+        s3 = None
+        if store == "s3":
+            from s3 import s3_server
 
-    with s3_server(str(base / "moto.log")) as server:
-        yield server
+            s3 = stack.enter_context(s3_server(str(base / "moto.log")))
+        mlflow = None
+        if tracking_server:
+            from mlflow_checks import MlflowServer
+
+            mlflow = MlflowServer(str(base / "mlflow-server")).start()
+            stack.callback(mlflow.stop)
+        yield s3, mlflow
 
 
 def run(
@@ -143,20 +158,23 @@ def run(
     workdir: str | None = None,
     log=print,
     store: str = "local",
+    tracking_server: bool = False,
 ) -> Tally:
     """Run episodes until ``kills`` processes were killed; return the tally."""
     seed = random.randrange(2**32) if seed is None else seed
     rng = random.Random(seed)
     base = Path(workdir or tempfile.mkdtemp(prefix="mlflow-best-export-campaign-"))
     base.mkdir(parents=True, exist_ok=True)
-    log(f"campaign seed {seed}, store {store}, work directory {base}")
+    where = "an mlflow server" if tracking_server else "SQLite"
+    log(f"campaign seed {seed}, model directories {store}, MLflow {where}, work directory {base}")
     tally = Tally()
-    with store_server(store, base) as s3:
+    with servers(store, tracking_server, base) as (s3, mlflow):
         # A bound on attempts, so a kill that never fires cannot loop forever.
         while tally.kills < kills and tally.attempts < 4 * kills + 10:
             episode_seed = rng.randrange(2**32)
             root = base / f"episode-{tally.episodes + 1}"
-            run_episode(episode_seed, root, tally, kills - tally.kills, log, s3, ram=store == "ram")
+            left = kills - tally.kills
+            run_episode(episode_seed, root, tally, left, log, s3, store == "ram", mlflow)
     return tally
 
 
@@ -166,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None, help="campaign seed (default: random)")
     parser.add_argument("--replay", type=int, default=None, help="run one episode of this seed")
     parser.add_argument("--store", choices=("local", "ram", "s3"), default="local")
+    parser.add_argument(
+        "--server", action="store_true", help="MLflow behind a real `mlflow server`, not SQLite"
+    )
     parser.add_argument("--workdir", default=None, help="where episodes run (default: a temp dir)")
     args = parser.parse_args(argv)
     start = time.monotonic()
@@ -173,10 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.replay is not None:
         tally = Tally()
         base = Path(args.workdir or tempfile.mkdtemp(prefix="mlflow-best-export-replay-"))
-        with store_server(args.store, base) as s3:
-            run_episode(args.replay, base / "episode", tally, 3, log, s3, args.store == "ram")
+        with servers(args.store, args.server, base) as (s3, mlflow):
+            ram = args.store == "ram"
+            run_episode(args.replay, base / "episode", tally, 3, log, s3, ram, mlflow)
     else:
-        tally = run(args.kills, args.seed, args.workdir, log, args.store)
+        tally = run(args.kills, args.seed, args.workdir, log, args.store, args.server)
     kinds = ", ".join(f"{k} {n}" for k, n in sorted(tally.by_kind.items()))
     print(
         f"{tally.episodes} episodes, {tally.attempts} kill attempts, {tally.early} kills in "

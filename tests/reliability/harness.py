@@ -61,11 +61,17 @@ class Trial:
     #: The model directory is ``ram://<root's name>/run``: it ends with each process, so
     #: the recovery run copies it out for the oracles (``tiny.py --copy-to``).
     ram: bool = False
+    #: A running ``mlflow_checks.MlflowServer`` (proxied artifacts) instead of a SQLite file;
+    #: each trial then has an experiment and a registered model of its own.
+    server: object | None = None
 
     def __post_init__(self):
         self.root = Path(self.root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.bucket = self.s3.new_bucket() if self.s3 is not None else None
+        if self.server is not None:
+            self.registered_model_name = f"{MODEL_NAME}-{self.root.name}"
+            self.exporter_kwargs.setdefault("experiment_name", f"campaign-{self.root.name}")
 
     @property
     def model_dir(self) -> str:
@@ -97,6 +103,8 @@ class Trial:
 
     @property
     def uri(self) -> str:
+        if self.server is not None:
+            return self.server.uri
         return f"sqlite:///{self.root}/mlflow.db"
 
     @property
@@ -281,6 +289,9 @@ def check_invariants(trial: Trial) -> None:
             registered_model_name=trial.registered_model_name,
             best_step=expected[-1],
             local_copy=local if trial.bucket is not None or trial.ram else None,
+            artifacts_destination=(
+                trial.server.artifacts_destination if trial.server is not None else None
+            ),
         )
     except MlflowException as err:  # e.g. "Registered model alias best not found."
         raise AssertionError(f"MLflow does not mirror the model directory: {err}") from err
