@@ -277,11 +277,14 @@ def plan(
     """
     kept_dirs = [normalize_dir(e.path) for e in kept]
     by_dir = dict(zip(kept_dirs, kept, strict=True))
+    # New models and versions are made in ascending global step (then export time), so
+    # that version numbers follow training even when one sync catches up several exports.
+    ascending = sorted(kept_dirs, key=lambda d: _training_order(by_dir[d]))
     models = list(models)
     versions = list(versions) if versions is not None else None
 
     ready = {m.export_dir for m in models if m.ready}
-    log = tuple(by_dir[d] for d in kept_dirs if d not in ready)
+    log = tuple(by_dir[d] for d in ascending if d not in ready)
 
     delete_versions: list[VersionEntry] = []
     protected: list[VersionEntry] = []
@@ -300,7 +303,7 @@ def plan(
                 protected_dirs.add(v.export_dir)
             else:
                 delete_versions.append(v)
-        register = tuple(by_dir[d] for d in kept_dirs if d not in seen)
+        register = tuple(by_dir[d] for d in ascending if d not in seen)
         if kept and alias is not None and alias_on != kept_dirs[0]:
             alias_to = kept[0]
 
@@ -316,6 +319,11 @@ def plan(
         delete_models=delete_models,
         protected=tuple(protected),
     )
+
+
+def _training_order(export: Export) -> tuple[bool, int, int]:
+    """Ascending global step; an export without a known step after those with one."""
+    return (export.step is None, export.step or 0, export.version)
 
 
 # -- doing it -------------------------------------------------------------------------------

@@ -211,6 +211,19 @@ def test_sync_repairs_what_was_changed_behind_its_back(tmp_path, uri):
     assert not mirror.sync(model_dir, tracking_uri=uri, registered_model_name="tiny").changed
 
 
+def test_versions_caught_up_in_one_sync_are_numbered_in_training_order(tmp_path, uri):
+    """Three kept exports registered by one sync: version numbers ascend with the global
+    step (MLflow's client reads them), not with the ranking (best first)."""
+    model_dir = str(tmp_path / "model")
+    exporter = make_exporter(None, exports_to_keep=3, log_to_mlflow=False)
+    tiny.train(model_dir, exporter, LOSSES)
+    mirror.sync(model_dir, tracking_uri=uri, registered_model_name="tiny")
+    check_mlflow(model_dir, uri, registered_model_name="tiny", best_step=16)
+    versions = MlflowClient(uri).search_model_versions("name = 'tiny'")
+    by_number = sorted((int(v.version), int(v.tags["global_step"])) for v in versions)
+    assert [step for _, step in by_number] == [8, 12, 16], by_number
+
+
 def test_unreachable_server_never_stops_training(tmp_path, caplog, mlflow_fails_fast):
     model_dir = str(tmp_path / "model")
     dead = f"http://127.0.0.1:{free_port()}"
