@@ -169,6 +169,33 @@ def check_mlflow(
     return found
 
 
+def mlflow_state(tracking_uri: str, registered_model_name: str) -> dict:
+    """Everything a sync could change, read with MLflow's client: every run's metric
+    histories, the live logged models with their tags and status, the versions with
+    their tags, the aliases. Two equal states mean that nothing changed in between."""
+    client = MlflowClient(tracking_uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments)
+    metrics = {
+        (run.info.run_id, key): sorted(
+            (m.step, m.value, m.timestamp) for m in client.get_metric_history(run.info.run_id, key)
+        )
+        for run in runs
+        for key in run.data.metrics
+    }
+    models = {
+        m.model_id: (str(m.status), dict(m.tags))
+        for experiment_id in experiments
+        for m in _all_live_models(client, experiment_id)
+    }
+    versions = {
+        mv.version: dict(mv.tags)
+        for mv in client.search_model_versions(f"name = '{registered_model_name}'")
+    }
+    aliases = dict(client.get_registered_model(registered_model_name).aliases or {})
+    return {"metrics": metrics, "models": models, "versions": versions, "aliases": aliases}
+
+
 def _all_live_models(client: MlflowClient, experiment_id: str) -> list:
     models, token = [], None
     while True:
