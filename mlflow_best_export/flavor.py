@@ -34,7 +34,7 @@ FLAVOR_NAME = "mlflow_best_export"
 
 SAVED_MODEL_SUBPATH = "data/saved_model"
 """Where the SavedModel is copied inside the MLflow model directory (``pyfunc.save_model``
-puts its data path under ``data/``; models of the first release have ``saved_model/``)."""
+puts its data path under ``data/``)."""
 
 MODEL_TYPE = "tensorflow-estimator"
 """The ``model_type`` of the LoggedModels :func:`log_model` creates."""

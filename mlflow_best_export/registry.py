@@ -32,21 +32,16 @@ from mlflow_best_export.retention import Candidate, RetentionPolicy
 from mlflow_best_export.staging import staging_dir
 from mlflow_best_export.tags import (
     TAG_CHECKPOINT,
-    TAG_EXPORTER,
     TAG_INFO,
     TAG_KEY,
     TAG_METRIC_PREFIX,
     TAG_MODEL_ID,
     TAG_MODEL_VERSIONS,
-    TAG_PREFIX,
     TAG_STEP,
 )
 from mlflow_best_export.tracking import normalize_dir
 
 logger = logging.getLogger(__name__)
-
-# Stores written before the bookkeeping became one JSON tag have it as separate tags.
-_TAG_EXPORT_DIR = TAG_PREFIX + "export_dir"
 
 
 # -- what is there ---------------------------------------------------------------------------
@@ -89,21 +84,12 @@ def find_models(client: MlflowClient, experiment_id: str, key: str) -> list[Mode
 
 
 def info_of(tags: Mapping[str, str] | None) -> dict[str, str]:
-    """Our bookkeeping of a LoggedModel or version: ``TAG_INFO``, else the old separate tags."""
-    tags = tags or {}
+    """Our bookkeeping of a LoggedModel or version (the JSON tag ``TAG_INFO``)."""
     try:
-        info = json.loads(tags[TAG_INFO])
-        if isinstance(info, dict):
-            return {str(k): str(v) for k, v in info.items()}
+        info = json.loads((tags or {})[TAG_INFO])
     except (KeyError, ValueError):
-        pass
-    old = {
-        "exporter": TAG_EXPORTER,
-        "export_dir": _TAG_EXPORT_DIR,
-        "compare_key": TAG_PREFIX + "compare_key",
-        "compare_mode": TAG_PREFIX + "compare_mode",
-    }
-    return {name: tags[tag] for name, tag in old.items() if tag in tags}
+        return {}
+    return {str(k): str(v) for k, v in info.items()} if isinstance(info, dict) else {}
 
 
 def _model_entry(model: LoggedModel) -> ModelEntry:

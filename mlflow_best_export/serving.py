@@ -370,12 +370,13 @@ def load_serving_model(
 
 
 def _load_pyfunc(data_path: str, model_config: Mapping[str, Any] | None = None) -> ServingModel:
-    """The pyfunc loader protocol: ``data_path`` is the model's ``saved_model/`` directory."""
+    """The pyfunc loader protocol: ``data_path`` is the model's ``data/saved_model``."""
     from mlflow.models import Model
     from mlflow.models.model import MLMODEL_FILE_NAME
 
     signature_key = None
-    mlmodel = os.path.join(os.path.dirname(os.path.abspath(data_path)), MLMODEL_FILE_NAME)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(data_path)))  # above data/
+    mlmodel = os.path.join(root, MLMODEL_FILE_NAME)
     if os.path.exists(mlmodel):
         flavor = Model.load(mlmodel).flavors.get(FLAVOR_NAME, {})
         signature_key = flavor.get("signature_key")

@@ -289,6 +289,12 @@ def test_canned_regressor(tmp_path, kind, signature_key, column):
     assert flavor["receiver"] == kind
     assert list(got.columns) == [column]
     np.testing.assert_allclose(got[column].to_numpy(dtype="float64"), want, rtol=1e-5)
+    if kind == "parsing":
+        # A signature chosen at save time is the one pyfunc serves (read from the MLmodel).
+        serving.save_model(export_dir, tmp_path / "by-key", signature_key="predict")
+        by_key = mlflow.pyfunc.load_model(str(tmp_path / "by-key")).predict(data)
+        assert list(by_key.columns) == ["predictions"]
+        np.testing.assert_allclose(np.stack(by_key["predictions"]).reshape(-1), want, rtol=1e-5)
 
 
 # -- LoggedModels and the registry ------------------------------------------------------------
