@@ -253,10 +253,13 @@ class MLflowBestExporter(tf.estimator.BestExporter):
             # The parent only checks it; a policy value is ours alone.
             exports_to_keep=exports_to_keep if isinstance(policy, retention.KeepBestN) else None,
         )
-        self._exports_to_keep = exports_to_keep
-        self._serving_input_receiver_fn = serving_input_receiver_fn
-        self._assets_extra = assets_extra
-        self._as_text = as_text
+        self._keep_argument = exports_to_keep
+        self._receiver_fn = serving_input_receiver_fn
+        self._extra_assets = assets_extra
+        self._text_proto = as_text
+        # Our own names for what the parent also keeps: its private attributes are its own.
+        self._ranked_by = compare_fn
+        self._events_glob = event_file_pattern
         self._keeper = Keeper(compare_fn, policy)
         self._comparison = ranking.Comparison.of(compare_fn)
         self._compare_key = self._comparison.key if self._comparison else None
@@ -270,12 +273,12 @@ class MLflowBestExporter(tf.estimator.BestExporter):
     @property
     def compare_fn(self) -> ranking.CompareFn:
         """The compare function this exporter ranks with."""
-        return self._compare_fn
+        return self._ranked_by
 
     @property
     def exports_to_keep(self) -> int | retention.RetentionPolicy | None:
         """The ``exports_to_keep`` argument, as given."""
-        return self._exports_to_keep
+        return self._keep_argument
 
     @property
     def retention(self) -> retention.RetentionPolicy:
@@ -395,7 +398,7 @@ class MLflowBestExporter(tf.estimator.BestExporter):
         exports_lib.remove_stale_temps(export_base)
         staging.sweep_once()  # what a killed predecessor staged locally
         self._history_reader = (
-            HistoryReader(model_dir, self._event_file_pattern) if self._event_file_pattern else None
+            HistoryReader(model_dir, self._events_glob) if self._events_glob else None
         )
         self._export_steps.clear()
         self._unrecoverable_warned.clear()
@@ -501,7 +504,7 @@ class MLflowBestExporter(tf.estimator.BestExporter):
         with staging_dir() as tmp:
             # The metadata travels as an extra asset, so it lands in the export before the
             # Estimator renames it into place: no export is ever seen without it.
-            assets_extra = dict(self._assets_extra)
+            assets_extra = dict(self._extra_assets)
             assets_extra[exports_lib.METADATA_FILENAME] = exports_lib.write_metadata_file(
                 metadata, tmp
             )
@@ -514,9 +517,9 @@ class MLflowBestExporter(tf.estimator.BestExporter):
             path = os.fsdecode(
                 estimator.export_saved_model(
                     target_base,
-                    self._serving_input_receiver_fn,
+                    self._receiver_fn,
                     assets_extra=assets_extra,
-                    as_text=self._as_text,
+                    as_text=self._text_proto,
                     checkpoint_path=checkpoint_path,
                 )
             )

@@ -488,3 +488,32 @@ def test_float32_history_does_not_make_a_kept_export_look_lost(trained, tmp_path
     assert call_export(exporter, estimator, checkpoint, {"loss": 0.9, "global_step": 3}) is None
     assert [step for step, _ in exported(estimator.model_dir)] == [2]
     exporter.close()
+
+
+def test_the_parents_private_attributes_stay_the_parents():
+    """The subclass keeps its own state under its own names: every private attribute the
+    original BestExporter sets holds what the original would hold, and exporter.py never
+    names one of them."""
+    import inspect
+    import re
+
+    import tensorflow as tf
+
+    from mlflow_best_export import exporter as exporter_module
+
+    kwargs = {
+        "serving_input_receiver_fn": tiny.raw_serving_input_receiver_fn,
+        "exports_to_keep": 3,
+        "as_text": True,
+        "event_file_pattern": "eval_other/*.tfevents.*",
+        "compare_fn": loss_smaller,
+    }
+    ours = make_exporter(**kwargs)
+    theirs = tf.estimator.BestExporter(**kwargs)
+    parent_attributes = set(vars(theirs)) - {"_saved_model_exporter"}
+    assert parent_attributes >= {"_compare_fn", "_event_file_pattern", "_exports_to_keep"}
+    for name in parent_attributes:
+        assert getattr(ours, name) == getattr(theirs, name), name
+    source = inspect.getsource(exporter_module)
+    named = {m for m in re.findall(r"self\.(_\w+)", source) if m in vars(theirs)}
+    assert not named, named
