@@ -446,7 +446,6 @@ def gc(name, keep, keep_latest, dry_run, tracking_uri) -> None:
     the artifacts of logged models that earlier releases deleted but left in
     the artifact store (in the experiments of NAME's versions) are reclaimed.
     """
-
     from mlflow_best_export import registry
     from mlflow_best_export.retention import AnyOf, KeepBestN, KeepLatestN
 
