@@ -74,9 +74,11 @@ def ensure(uri: str | None) -> None:
         client.search_registered_models(max_results=1)  # and checks the registry's
         try:
             os.link(temporary, path)  # never over a store another process made meanwhile
-        except FileExistsError:
+        except OSError:
+            # It exists (another process made it: kept, unless it is an empty file, which
+            # holds nothing), or this filesystem has no hard links: rename instead.
             if not _holds_data(path):
-                os.replace(temporary, path)  # an empty file (a bare sqlite connect) holds nothing
+                os.replace(temporary, path)
     finally:
         _remove(temporary)
 
