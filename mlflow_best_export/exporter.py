@@ -269,6 +269,8 @@ class MLflowBestExporter(tf.estimator.BestExporter):
         self._export_steps: dict[str, int | None] = {}
         self._unrecoverable_warned: set[int] = set()
         self._session: MirrorSession | None = None
+        # The highest export name seen or used: a name is never given to a second export.
+        self._newest_name = 0
 
     @property
     def compare_fn(self) -> ranking.CompareFn:
@@ -326,6 +328,7 @@ class MLflowBestExporter(tf.estimator.BestExporter):
         # The one listing of this call: what is exported or deleted below is added to
         # `kept` or taken out of it as it happens.
         listed = exports_lib.list_exports(export_base)
+        self._newest_name = max([self._newest_name, *(e.version for e in listed)])
         kept = [
             _candidate_of(e)
             for e in exports_lib.resolve_exports(listed, history, self._export_steps)
@@ -524,7 +527,9 @@ class MLflowBestExporter(tf.estimator.BestExporter):
                 )
             )
             if not atomic:
-                path = exports_lib.stage_export(path, export_base, _free_name(export_base, path))
+                name = _free_name(export_base, path, after=self._newest_name)
+                path = exports_lib.stage_export(path, export_base, name)
+            self._newest_name = max(self._newest_name, int(fs.split(path)[1]))
         version = int(fs.split(path)[1])
         return _candidate_of(exports_lib.export_from_metadata(path, version, metadata))
 
@@ -542,9 +547,15 @@ def _describe(metrics: Mapping[str, float] | None, key: str | None) -> str:
     return ", ".join(f"{k}={v:.6g}" for k, v in sorted(metrics.items()))
 
 
-def _free_name(export_base: str, local_export: str) -> str:
-    """The export's timestamp name, or the next free one if ``export_base`` has it already."""
-    version = int(os.path.basename(local_export))
+def _free_name(export_base: str, local_export: str, after: int) -> str:
+    """The export's timestamp name, or the next one that is free and above ``after``.
+
+    Names are the identity of exports in MLflow (each logged model and version
+    records its export directory), so a name is never used twice: a name taken
+    ahead of the clock (two exports within a second) and freed by retention
+    would otherwise be given to a later, different export.
+    """
+    version = max(int(os.path.basename(local_export)), after + 1)
     while fs.exists(fs.join(export_base, str(version))):
         version += 1
     return str(version)

@@ -27,7 +27,7 @@ from mlflow_best_export import fs
 from mlflow_best_export.exports import Export
 from mlflow_best_export.history import EvalHistory, EvalRecord
 from mlflow_best_export.ranking import Comparison
-from mlflow_best_export.tracking import first_line, normalize_dir, redact_text
+from mlflow_best_export.tracking import first_line, redact_text
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ class Mirror:
         self._run = None
         self._metrics = None
         self._registry = None
-        self._in_step_with: tuple[str, ...] | None = None
+        self._in_step_with: tuple[tuple[str, int | None], ...] | None = None
         self._leftovers_reclaimed = False
 
     # -- connection ------------------------------------------------------------------------
@@ -225,8 +225,8 @@ class Mirror:
         report = SyncReport(run_id=self.run_id)
         report.metrics_logged = self._metrics.mirror(snapshot.history.records)
 
-        kept_dirs = tuple(normalize_dir(e.path) for e in snapshot.kept)
-        if kept_dirs == self._in_step_with:
+        kept_ids = tuple(registry_lib.identity(e) for e in snapshot.kept)
+        if kept_ids == self._in_step_with:
             return report
         reg = self._registry
         models, versions, alias_on = reg.current()
@@ -240,7 +240,7 @@ class Mirror:
             if not entry.ready:  # a crash mid-upload left it; it is replaced below
                 reg.delete_model(entry)
                 report.models_deleted.append(entry.model_id)
-        gone: set[str] = set()
+        gone: set[tuple[str, int | None]] = set()
         for export in the_plan.log:
             try:
                 reg.log_model(export, lambda e, model_id: self._link(snapshot.history, e, model_id))
@@ -250,28 +250,28 @@ class Mirror:
                 # Retention deleted it after the snapshot was taken; a newer snapshot
                 # follows, and the unfinished LoggedModel is cleaned up then.
                 logger.debug("Export %s went away while it was logged.", export.path)
-                gone.add(normalize_dir(export.path))
+                gone.add(registry_lib.identity(export))
                 continue
             report.models_logged.append(export.step)
             done += 1
             if progress:
                 progress("logged", done, total)
         version_of = {
-            v.export_dir: v.version for v in (versions or ()) if v not in the_plan.delete_versions
+            v.mirrors: v.version for v in (versions or ()) if v not in the_plan.delete_versions
         }
         if versions is not None:
             # Before registering: each new version links itself on a fresh read.
             reg.link(models, [v for v in versions if v not in the_plan.delete_versions])
         for export in the_plan.register:
-            if normalize_dir(export.path) in gone:
+            if registry_lib.identity(export) in gone:
                 continue
             mv = reg.register(export)
-            version_of[normalize_dir(export.path)] = str(mv.version)
+            version_of[registry_lib.identity(export)] = str(mv.version)
             report.versions_created.append(export.step)
             done += 1
             if progress:
                 progress("registered", done, total)
-        if the_plan.alias_to is not None and normalize_dir(the_plan.alias_to.path) in version_of:
+        if the_plan.alias_to is not None and registry_lib.identity(the_plan.alias_to) in version_of:
             reg.set_alias(the_plan.alias_to, version_of)
             report.alias_moved_to = the_plan.alias_to.step
         for entry in the_plan.delete_versions:
@@ -292,7 +292,7 @@ class Mirror:
         if not self._leftovers_reclaimed:
             self._reclaim_leftovers(reg.experiment_id, report)
         self._log_figure(snapshot)
-        self._in_step_with = None if gone else kept_dirs
+        self._in_step_with = None if gone else kept_ids
         return report
 
     def _reclaim_leftovers(self, experiment_id: str, report: SyncReport) -> None:

@@ -61,6 +61,12 @@ class ModelEntry:
     ready: bool
     artifact_location: str = ""
     linked: tuple[tuple[str, str], ...] = ()
+    step: int | None = None
+
+    @property
+    def mirrors(self) -> tuple[str, int | None]:
+        """The export it mirrors: its directory and global step (see :func:`identity`)."""
+        return (self.export_dir, self.step)
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,28 @@ class VersionEntry:
     export_dir: str
     model_id: str | None
     aliases: tuple[str, ...]
+    step: int | None = None
+
+    @property
+    def mirrors(self) -> tuple[str, int | None]:
+        """The export it mirrors: its directory and global step (see :func:`identity`)."""
+        return (self.export_dir, self.step)
+
+
+def identity(export: Export) -> tuple[str, int | None]:
+    """What MLflow objects are matched to an export by: its directory and its global step.
+
+    The directory alone is not enough: a name freed by retention can be given to a
+    later export, and a logged model of the earlier one must not pass for it.
+    """
+    return (normalize_dir(export.path), export.step)
+
+
+def _step_of(tags: Mapping[str, str] | None) -> int | None:
+    try:
+        return int((tags or {})[TAG_STEP])
+    except (KeyError, ValueError):
+        return None
 
 
 def find_models(client: MlflowClient, experiment_id: str, key: str) -> list[ModelEntry]:
@@ -101,6 +129,7 @@ def _model_entry(model: LoggedModel) -> ModelEntry:
         ready=model.status == LoggedModelStatus.READY,
         artifact_location=model.artifact_location,
         linked=tuple(_links(model.tags.get(TAG_MODEL_VERSIONS))),
+        step=_step_of(model.tags),
     )
 
 
@@ -212,6 +241,7 @@ def _version_entry(mv: ModelVersion) -> VersionEntry:
         # Not every store fills ModelVersion.model_id (SQLite does not); the tag always is.
         model_id=getattr(mv, "model_id", None) or (mv.tags or {}).get(TAG_MODEL_ID),
         aliases=tuple(getattr(mv, "aliases", None) or ()),
+        step=_step_of(mv.tags),
     )
 
 
@@ -247,7 +277,7 @@ def plan(
     versions: Iterable[VersionEntry] | None,
     *,
     alias: str | None,
-    alias_on: str | None,
+    alias_on: tuple[str, int | None] | None,
 ) -> Plan:
     """Decide how to bring MLflow in line with the kept exports.
 
@@ -256,47 +286,47 @@ def plan(
       models: this exporter's live LoggedModels.
       versions: this exporter's live versions, or None without a registered model.
       alias: the alias to put on the best version (None: no registry).
-      alias_on: the export directory of the version the alias is on now, if any.
+      alias_on: the export (``identity``) of the version the alias is on now, if any.
 
     Returns:
       The :class:`Plan`.
     """
-    kept_dirs = [normalize_dir(e.path) for e in kept]
-    by_dir = dict(zip(kept_dirs, kept, strict=True))
+    kept_ids = [identity(e) for e in kept]
+    by_id = dict(zip(kept_ids, kept, strict=True))
     # New models and versions are made in ascending global step (then export time), so
     # that version numbers follow training even when one sync catches up several exports.
-    ascending = sorted(kept_dirs, key=lambda d: _training_order(by_dir[d]))
+    ascending = sorted(kept_ids, key=lambda i: _training_order(by_id[i]))
     models = list(models)
     versions = list(versions) if versions is not None else None
 
-    ready = {m.export_dir for m in models if m.ready}
-    log = tuple(by_dir[d] for d in ascending if d not in ready)
+    ready = {m.mirrors for m in models if m.ready}
+    log = tuple(by_id[i] for i in ascending if i not in ready)
 
     delete_versions: list[VersionEntry] = []
     protected: list[VersionEntry] = []
     register: tuple[Export, ...] = ()
     alias_to = None
-    protected_dirs: set[str] = set()
+    protected_ids: set[tuple[str, int | None]] = set()
     if versions is not None:
-        seen: set[str] = set()
+        seen: set[tuple[str, int | None]] = set()
         for v in versions:
             other_aliases = [a for a in v.aliases if a != alias]
-            wanted = v.export_dir in by_dir and v.export_dir not in seen
+            wanted = v.mirrors in by_id and v.mirrors not in seen
             if wanted:
-                seen.add(v.export_dir)
+                seen.add(v.mirrors)
             elif other_aliases:
                 protected.append(v)
-                protected_dirs.add(v.export_dir)
+                protected_ids.add(v.mirrors)
             else:
                 delete_versions.append(v)
-        register = tuple(by_dir[d] for d in ascending if d not in seen)
-        if kept and alias is not None and alias_on != kept_dirs[0]:
+        register = tuple(by_id[i] for i in ascending if i not in seen)
+        if kept and alias is not None and alias_on != kept_ids[0]:
             alias_to = kept[0]
 
     # A model goes when its export is gone and no protected version needs it, and a
     # model that never became READY (a crash mid-upload) is replaced.
-    keep_models = set(kept_dirs) | protected_dirs
-    delete_models = tuple(m for m in models if not m.ready or (m.export_dir not in keep_models))
+    keep_models = set(kept_ids) | protected_ids
+    delete_models = tuple(m for m in models if not m.ready or (m.mirrors not in keep_models))
     return Plan(
         log=log,
         register=register,
@@ -370,12 +400,14 @@ class Registry:
     registered_model_name: str | None
     alias: str | None
     compare_key: str | None = None
-    _models: dict[str, ModelEntry] = field(default_factory=dict)
+    _models: dict[tuple[str, int | None], ModelEntry] = field(default_factory=dict)
 
-    def current(self) -> tuple[list[ModelEntry], list[VersionEntry] | None, str | None]:
-        """This exporter's models and versions, and where the alias points."""
+    def current(
+        self,
+    ) -> tuple[list[ModelEntry], list[VersionEntry] | None, tuple[str, int | None] | None]:
+        """This exporter's models and versions, and the export the alias is on."""
         models = find_models(self.client, self.experiment_id, self.key)
-        self._models = {m.export_dir: m for m in models if m.ready}
+        self._models = {m.mirrors: m for m in models if m.ready}
         if self.registered_model_name is None:
             return models, None, None
         self.ensure_registered_model()
@@ -393,7 +425,7 @@ class Registry:
         if self.alias is not None:
             holder = next((v for v in versions if self.alias in v.aliases), None)
             if holder is not None:
-                alias_on = holder.export_dir
+                alias_on = holder.mirrors
         return models, versions, alias_on
 
     def ensure_registered_model(self) -> None:
@@ -432,14 +464,14 @@ class Registry:
         )
         link_metrics(export, model.model_id)
         export_dir = normalize_dir(export.path)
-        self._models[export_dir] = ModelEntry(
-            model.model_id, export_dir, True, model.artifact_location
+        self._models[identity(export)] = ModelEntry(
+            model.model_id, export_dir, True, model.artifact_location, step=export.step
         )
         return model.model_id
 
     def register(self, export: Export) -> ModelVersion:
         """Create the model version of a logged export."""
-        model = self._models[normalize_dir(export.path)]
+        model = self._models[identity(export)]
         tags = model_tags(export, self.key, self.exporter_name)
         tags[TAG_MODEL_ID] = model.model_id
         # The source is the LoggedModel's artifact location rather than models:/<id>, which
@@ -481,9 +513,9 @@ class Registry:
             changed += 1
         return changed
 
-    def set_alias(self, export: Export, versions: Mapping[str, str]) -> None:
-        """Point the alias at the version of ``export``."""
-        version = versions[normalize_dir(export.path)]
+    def set_alias(self, export: Export, versions: Mapping[tuple[str, int | None], str]) -> None:
+        """Point the alias at the version of ``export`` (``versions`` by ``identity``)."""
+        version = versions[identity(export)]
         self.client.set_registered_model_alias(self.registered_model_name, self.alias, version)
 
     def delete_version(self, entry: VersionEntry) -> None:

@@ -280,3 +280,16 @@ def test_upload_tree_writes_the_marker_file_last(tmp_path, monkeypatch):
     assert sorted(copied) == sorted(
         f"{destination}/{n}" for n in ("saved_model.pb", "variables/variables.index", "zzz.txt")
     )
+
+
+def test_an_export_name_is_never_given_twice(tmp_path):
+    """Where exports are copied into place (ram://, object stores) and two come within a
+    second, a name is taken ahead of the clock; once retention frees it, a later export
+    must not get it again (MLflow knows exports by their directory)."""
+    from mlflow_best_export.exporter import _free_name
+
+    base = str(tmp_path)
+    os.makedirs(os.path.join(base, "1796541743"))
+    # The clock says ...742, which was used and freed; ...743 exists: the next is ...744.
+    assert _free_name(base, "/local/export/1796541742", after=1796541742) == "1796541744"
+    assert _free_name(base, "/local/export/1796541750", after=1796541743) == "1796541750"
