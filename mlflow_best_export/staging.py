@@ -12,12 +12,12 @@ first staging, whichever comes first.
 from __future__ import annotations
 
 import contextlib
-import glob
 import logging
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
+
+from mlflow_best_export import fs
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def staging_dir() -> Iterator[str]:
     try:
         yield path
     finally:
-        shutil.rmtree(path, ignore_errors=True)
+        fs.rmtree(path)
 
 
 def sweep_once() -> None:
@@ -53,10 +53,10 @@ def remove_leftovers(directory: str | None = None) -> list[str]:
     """
     directory = directory or tempfile.gettempdir()
     removed = []
-    for path in glob.glob(os.path.join(glob.escape(directory), PREFIX + "*")):
-        pid = os.path.basename(path)[len(PREFIX) :].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)) and os.path.isdir(path):
-            shutil.rmtree(path, ignore_errors=True)
+    for path in fs.glob(fs.join(fs.glob_escape(directory), PREFIX + "*")):
+        pid = fs.split(path)[1][len(PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)) and fs.isdir(path):
+            fs.rmtree(path)
             removed.append(path)
     if removed:
         logger.info("Removed %d staging directories of killed processes.", len(removed))

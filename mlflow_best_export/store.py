@@ -16,12 +16,13 @@ its path, what it holds and the exact fix. This package never deletes a store.
 from __future__ import annotations
 
 import contextlib
-import glob
 import logging
 import os
 import sqlite3
 import uuid
 from urllib.parse import unquote
+
+from mlflow_best_export import fs
 
 logger = logging.getLogger(__name__)
 
@@ -92,14 +93,13 @@ def _holds_data(path: str) -> bool:
 
 def _remove(temporary: str) -> None:
     for leftover in (temporary, temporary + "-journal", temporary + "-wal", temporary + "-shm"):
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(leftover)
+        fs.remove(leftover)
 
 
 def _remove_leftovers(directory: str, name: str) -> None:
     """Remove the temporary stores of creations whose process is gone (killed)."""
-    pattern = os.path.join(glob.escape(directory), f".{glob.escape(name)}{_CREATING}*")
-    for leftover in glob.glob(pattern):
+    pattern = fs.join(fs.glob_escape(directory), f".{fs.glob_escape(name)}{_CREATING}*")
+    for leftover in fs.glob(pattern):
         if leftover.endswith(("-journal", "-wal", "-shm")):
             continue
         pid = leftover.rsplit(_CREATING, 1)[1].split("-", 1)[0]
