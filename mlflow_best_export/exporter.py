@@ -24,7 +24,6 @@ from mlflow_best_export.exports import Export, ExportDirLock
 from mlflow_best_export.history import EvalHistory, HistoryReader
 from mlflow_best_export.keeper import Candidate, Keeper
 from mlflow_best_export.mirror import MirrorSession, MirrorSettings, validate_flag
-from mlflow_best_export.staging import staging_dir
 
 logger = logging.getLogger(__name__)
 
@@ -504,7 +503,7 @@ class MLflowBestExporter(tf.estimator.BestExporter):
             comparison=self._comparison,
             recovered=recovered,
         )
-        with staging_dir() as tmp:
+        with staging.staging_dir() as tmp:
             # The metadata travels as an extra asset, so it lands in the export before the
             # Estimator renames it into place: no export is ever seen without it.
             assets_extra = dict(self._extra_assets)
@@ -529,8 +528,8 @@ class MLflowBestExporter(tf.estimator.BestExporter):
             if not atomic:
                 name = _free_name(export_base, path, after=self._newest_name)
                 path = exports_lib.stage_export(path, export_base, name)
-            self._newest_name = max(self._newest_name, int(fs.split(path)[1]))
         version = int(fs.split(path)[1])
+        self._newest_name = max(self._newest_name, version)
         return _candidate_of(exports_lib.export_from_metadata(path, version, metadata))
 
 
