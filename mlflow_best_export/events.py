@@ -326,18 +326,21 @@ def _length_crcs(lengths: np.ndarray) -> np.ndarray:
     """The masked CRCs of record lengths; each distinct length is computed once."""
     table = _LENGTH_CRCS
     if len(lengths) and lengths.max() >= len(table):
-        return _masked(
-            np.array([crc32c.crc32c(_LENGTH.pack(n)) for n in lengths.tolist()], np.uint32)
-        )
+        return np.array([_mask(crc32c.crc32c(_LENGTH.pack(n))) for n in lengths.tolist()], "u4")
     index = lengths.astype(np.int64)
     seen = np.bincount(index) > 0
     for length in np.flatnonzero(seen & (table[: len(seen)] == 0)).tolist():
-        table[length] = _masked(np.array([crc32c.crc32c(_LENGTH.pack(length))], np.uint32))[0]
+        table[length] = _mask(crc32c.crc32c(_LENGTH.pack(length)))
     return table[index]
 
 
+def _mask(crc: int) -> int:
+    """TFRecord's masked CRC of a raw crc32c value."""
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
 def _masked(crcs: np.ndarray) -> np.ndarray:
-    """TFRecord's masked CRCs of raw crc32c values (uint32)."""
+    """``_mask`` of uint32 arrays."""
     return ((crcs >> 15) | (crcs << 17)) + np.uint32(0xA282EAD8)
 
 
@@ -498,6 +501,8 @@ class _Wire:
         value &= np.uint64(0x7F)
         after, going = at + 1, np.flatnonzero(byte >= 0x80)
         for shift in range(7, 70, 7):
+            if not len(going):
+                return value, after
             byte = self.u8[at[going] + shift // 7]
             value[going] |= (byte & 0x7F).astype(np.uint64) << np.uint64(shift)
             after[going] += 1
@@ -673,13 +678,10 @@ class _Wire:
         leader = leaders[group]
         differs = (length != length[leader]) | (head != head[leader]) | (tail != tail[leader])
         long = np.flatnonzero((length > 16) & ~differs)
-        if len(long):
-            inner = length[long] - 16
-            begin = np.cumsum(inner) - inner
-            offset = np.arange(int(inner.sum())) - np.repeat(begin, inner)
-            mine = self.u8[np.repeat(start[long] + 8, inner) + offset]
-            theirs = self.u8[np.repeat(start[leader[long]] + 8, inner) + offset]
-            differs[long[np.logical_and.reduceat(mine == theirs, begin) == 0]] = True
+        for word in range(8, int(length.max(initial=0)) - 8, 8):  # the bytes in between
+            long = long[length[long] - 8 > word]
+            same = self.u64[start[long] + word] == self.u64[start[leader[long]] + word]
+            differs[long[~same]] = True
         pairs = zip(start[leaders].tolist(), stop[leaders].tolist(), strict=True)
         decoded = [self._utf8(a, b) for a, b in pairs]
         found = _objects(decoded)[group]

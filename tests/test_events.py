@@ -56,6 +56,16 @@ def test_simple_values_as_tensorflow_reads_them(tmp_path):
     assert all(isinstance(e, ScalarEvent) and e.wall_time > 1e9 for e in events)
 
 
+def test_tags_that_differ_only_in_the_middle(tmp_path):
+    # Tags are decoded once per distinct string, grouped by length and first and last 8
+    # bytes: these agree in all of those and differ in one byte in between.
+    tags = [f"eval/metric_{c}{'x' * n}_end/value" for n in (0, 1, 7, 8, 9, 30) for c in "ab"]
+    tags += ["a" * 17, "a" * 8 + "b" + "a" * 8, "a" * 24 + "é"]
+    evals = [(s, {tag: s * 10 + i for i, tag in enumerate(tags)}) for s in range(1, 6)]
+    path = ef.write_summaries(tmp_path, evals)
+    assert as_tuples(read_events(path)) == ef.tf_scalar_events(path)
+
+
 @pytest.mark.parametrize("encoding", ["val", "content"])
 @pytest.mark.parametrize("dtype", ef.SCALAR_DTYPES)
 def test_rank0_tensors_of_every_dtype(tmp_path, dtype, encoding):
