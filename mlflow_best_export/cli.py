@@ -258,6 +258,7 @@ def sync(
     """
     from mlflow_best_export import mirror
     from mlflow_best_export.ranking import Comparison
+    from mlflow_best_export.settings import MlflowSettings
     from mlflow_best_export.tags import validate_alias, validate_registered_model_name
 
     _check_model_dir(model_dir)
@@ -274,14 +275,16 @@ def sync(
     try:
         report = mirror.sync(
             model_dir if fs.is_url(model_dir) else os.path.abspath(model_dir),
+            MlflowSettings(
+                tracking_uri=tracking_uri,
+                experiment_name=experiment_name,
+                run_id=run_id,
+                registered_model_name=registered_model,
+                alias=alias,
+            ),
             exporter_name=exporter_name,
             event_file_pattern=pattern,
             compare_fn=compare_fn,
-            tracking_uri=tracking_uri,
-            experiment_name=experiment_name,
-            run_id=run_id,
-            registered_model_name=registered_model,
-            alias=alias,
             progress=bar,
         )
     finally:
@@ -446,7 +449,8 @@ def gc(name, keep, keep_latest, dry_run, tracking_uri) -> None:
     the artifacts of logged models that earlier releases deleted but left in
     the artifact store (in the experiments of NAME's versions) are reclaimed.
     """
-    from mlflow_best_export import registry
+    from mlflow_best_export import cleanup, reconcile
+    from mlflow_best_export.registry import Registry
     from mlflow_best_export.retention import AnyOf, KeepBestN, KeepLatestN
 
     client = _client(tracking_uri)
@@ -454,24 +458,28 @@ def gc(name, keep, keep_latest, dry_run, tracking_uri) -> None:
     policy = KeepBestN(keep)
     if keep_latest is not None:
         policy = AnyOf(policy, KeepLatestN(keep_latest))
-    doomed = registry.gc_plan(client, name, policy)
-    if not doomed.delete:
+    deletions, reasons = cleanup.gc_plan(client, name, policy)
+    if not deletions.delete_versions:
         click.echo(f"nothing to delete in {name}.")
-    for entry, reason in doomed.delete:
-        if dry_run:
-            click.echo(f"would delete {name} version {entry.version} ({reason})")
-        else:
-            registry.delete_version_and_model(client, name, entry)
-            click.echo(f"deleted {name} version {entry.version} ({reason})")
-    for entry in doomed.protected:
+    elif dry_run:
+        for entry in deletions.delete_versions:
+            click.echo(f"would delete {name} version {entry.version} ({reasons[entry.version]})")
+    else:
+        report = reconcile.SyncReport()
+        try:
+            reconcile.apply(deletions, Registry(client, registered_model_name=name), report=report)
+        finally:  # what was deleted is said, also when a later deletion failed
+            for version in report.versions_deleted:
+                click.echo(f"deleted {name} version {version} ({reasons[version]})")
+    for entry in deletions.protected:
         click.echo(f"kept {name} version {entry.version}: it carries {', '.join(entry.aliases)}")
-    # Storage that earlier releases left behind: deleted logged models whose artifacts stayed.
-    for leftover in registry.find_leftovers(client, registry.experiments_of(client, name)):
+    # Storage that crashes or earlier code left behind: deleted logged models' artifacts.
+    for leftover in cleanup.find_leftovers(client, cleanup.experiments_of(client, name)):
         size = _human_size(leftover.size)
         if dry_run:
             click.echo(f"would reclaim {size} of deleted logged model {leftover.model_id}")
         else:
-            registry.reclaim_leftover(client, leftover)
+            cleanup.reclaim_leftover(client, leftover)
             click.echo(f"reclaimed {size} of deleted logged model {leftover.model_id}")
 
 

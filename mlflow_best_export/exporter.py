@@ -14,104 +14,37 @@ import os
 import re
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import tensorflow as tf
 
+from mlflow_best_export import arguments, fs, ranking, retention, staging
 from mlflow_best_export import exports as exports_lib
-from mlflow_best_export import fs, ranking, retention, staging
-from mlflow_best_export.exports import Export, ExportDirLock
-from mlflow_best_export.history import EvalHistory, HistoryReader
 from mlflow_best_export.keeper import Candidate, Keeper
-from mlflow_best_export.mirror import MirrorSession, MirrorSettings, validate_flag
+from mlflow_best_export.session import ExportSession
+from mlflow_best_export.settings import MlflowSettings
 
 logger = logging.getLogger(__name__)
 
 _CHECKPOINT_STEP = re.compile(r"-(\d+)$")
 
 
-def _validate_name(name: Any) -> str:
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"`name` must be a non-empty string, got {name!r}.")
-    if "/" in name or "\\" in name or name in (".", ".."):
+def _candidate(
+    eval_result: Mapping[str, Any], checkpoint_path: str | None, key: str | None
+) -> Candidate:
+    """The evaluated checkpoint as the keeper sees it."""
+    if not isinstance(eval_result, Mapping):
+        raise ValueError(f"`eval_result` must be a dict of metrics, got {eval_result!r}.")
+    metrics = exports_lib.plain_metrics(eval_result)
+    if key is not None and key not in metrics:
         raise ValueError(
-            f"`name` is used as a directory under <model_dir>/export/ and must not contain "
-            f"path separators or be '.' or '..'; got {name!r}."
+            f"The eval result has no {key!r}, which compare_fn compares; it has the keys "
+            f"{sorted(eval_result)}. Pass compare_fn=metric_smaller(key) or "
+            f"metric_bigger(key) for one of them."
         )
-    return name
-
-
-def _validate_serving_input_receiver_fn(fn: Any) -> Any:
-    if fn is None or not callable(fn):
-        raise ValueError(
-            "`serving_input_receiver_fn` must be a function that takes no arguments and "
-            "returns a ServingInputReceiver, e.g. "
-            "tf.estimator.export.build_raw_serving_input_receiver_fn(...); "
-            f"got {fn!r}."
-        )
-    return fn
-
-
-def _validate_event_file_pattern(pattern: Any) -> str | None:
-    if pattern is None:
-        return None
-    if not isinstance(pattern, str) or not pattern.strip():
-        raise ValueError(
-            "`event_file_pattern` must be a glob relative to the model directory, such as "
-            f"'eval/*.tfevents.*', or None to ignore the eval history; got {pattern!r}."
-        )
-    if os.path.isabs(pattern):
-        raise ValueError(
-            "`event_file_pattern` is relative to the model directory; got the absolute "
-            f"path {pattern!r}."
-        )
-    return pattern
-
-
-def _validate_assets_extra(assets_extra: Any) -> dict[str, str]:
-    if assets_extra is None:
-        return {}
-    if not isinstance(assets_extra, Mapping):
-        raise ValueError(
-            "`assets_extra` must be a dict of {destination path inside assets.extra: source "
-            f"file}}; got {type(assets_extra).__name__}."
-        )
-    checked = {}
-    for dest, source in assets_extra.items():
-        if not isinstance(dest, str) or not dest.strip():
-            raise ValueError(f"`assets_extra` keys must be non-empty relative paths; got {dest!r}.")
-        if os.path.isabs(dest) or dest.startswith(("/", "\\")):
-            raise ValueError(
-                f"`assets_extra` key {dest!r} is absolute; keys are destinations relative to "
-                f"the export's assets.extra directory, e.g. 'vocab.txt'."
-            )
-        parts = re.split(r"[/\\]", dest)
-        if ".." in parts:
-            raise ValueError(
-                f"`assets_extra` key {dest!r} contains '..'; destinations must stay inside "
-                f"assets.extra."
-            )
-        if os.path.normpath(dest) == exports_lib.METADATA_FILENAME:
-            raise ValueError(
-                f"`assets_extra` key {dest!r} is reserved for the exporter's own metadata; "
-                f"choose another destination name."
-            )
-        if not isinstance(source, str | os.PathLike):
-            raise ValueError(
-                f"`assets_extra[{dest!r}]` must be the path of a source file; got {source!r}."
-            )
-        source = os.fspath(source)
-        fs.check_filesystem(source)
-        if not fs.exists(source):
-            raise ValueError(
-                f"`assets_extra[{dest!r}]`: the source file {source!r} does not exist."
-            )
-        if fs.isdir(source):
-            raise ValueError(
-                f"`assets_extra[{dest!r}]`: {source!r} is a directory; list its files one by one."
-            )
-        checked[dest] = source
-    return checked
+    step = _candidate_step(eval_result, checkpoint_path)
+    return Candidate(step, metrics, time.time(), source=checkpoint_path)
 
 
 def _candidate_step(eval_result: Mapping[str, Any], checkpoint_path: str | None) -> int:
@@ -140,6 +73,65 @@ def _existing_checkpoint(checkpoint_path: str | None, model_dir: str) -> str | N
         if fs.exists(path + ".index"):
             return path
     return None
+
+
+@dataclass(frozen=True)
+class SavedModelWriter:
+    """Writes one export: a SavedModel of a checkpoint, with the eval result that earned it
+    (``assets.extra/mlflow_best_export.json``) and the extra assets.
+
+    Attributes:
+      exporter_name: recorded in the metadata.
+      comparison: how the export was compared (None: a custom compare_fn), recorded too.
+      receiver_fn: the ``serving_input_receiver_fn``.
+      assets_extra: ``{destination in assets.extra: source file}``, copied into each export.
+      as_text: write the SavedModel proto as text.
+    """
+
+    exporter_name: str
+    comparison: ranking.Comparison | None
+    receiver_fn: Any
+    assets_extra: Mapping[str, str]
+    as_text: bool
+
+    def write(
+        self,
+        estimator: tf.estimator.Estimator,
+        session: ExportSession,
+        candidate: Candidate,
+        checkpoint_path: str | None,
+        *,
+        recovered: bool = False,
+    ) -> Candidate:
+        """Export ``candidate`` from ``checkpoint_path``; the export as the keeper sees it."""
+        metadata = exports_lib.build_metadata(
+            exporter_name=self.exporter_name,
+            step=candidate.step,
+            metrics=candidate.metrics,
+            checkpoint_path=checkpoint_path,
+            comparison=self.comparison,
+            recovered=recovered,
+        )
+        with staging.staging_dir() as tmp:
+            # The metadata travels as an extra asset, so it lands in the export before the
+            # Estimator renames it into place: no export is ever seen without it.
+            assets_extra = dict(self.assets_extra)
+            assets_extra[exports_lib.METADATA_FILENAME] = exports_lib.write_metadata_file(
+                metadata, tmp
+            )
+            # Where directories cannot be renamed atomically (object stores, ram://), the
+            # SavedModel is written locally and copied with saved_model.pb last, instead of
+            # TensorFlow's rename of a temp directory, which there copies every object again
+            # (or, on ram://, loses the contents).
+            staged = not fs.has_atomic_rename(session.export_base)
+            path = estimator.export_saved_model(
+                os.path.join(tmp, "export") if staged else session.export_base,
+                self.receiver_fn,
+                assets_extra=assets_extra,
+                as_text=self.as_text,
+                checkpoint_path=checkpoint_path,
+            )
+            return session.place(os.fsdecode(path), metadata, staged=staged)
 
 
 class MLflowBestExporter(tf.estimator.BestExporter):
@@ -223,14 +215,14 @@ class MLflowBestExporter(tf.estimator.BestExporter):
         strict: bool = False,
         flush_timeout: float | None = 600.0,
     ):
-        name = _validate_name(name)
-        _validate_serving_input_receiver_fn(serving_input_receiver_fn)
-        event_file_pattern = _validate_event_file_pattern(event_file_pattern)
+        name = arguments.validate_name(name)
+        arguments.validate_serving_input_receiver_fn(serving_input_receiver_fn)
+        event_file_pattern = arguments.validate_event_file_pattern(event_file_pattern)
         ranking.check_compare_fn(compare_fn)
-        assets_extra = _validate_assets_extra(assets_extra)
-        validate_flag(as_text, "as_text")
+        assets_extra = arguments.validate_assets_extra(assets_extra)
+        arguments.validate_flag(as_text, "as_text")
         policy = retention.retention_policy(exports_to_keep)
-        settings = MirrorSettings(
+        settings = MlflowSettings(
             tracking_uri=tracking_uri,
             registry_uri=registry_uri,
             experiment_name=experiment_name,
@@ -241,7 +233,6 @@ class MLflowBestExporter(tf.estimator.BestExporter):
             strict=strict,
             flush_timeout=flush_timeout,
         )
-        self._mlflow = settings if validate_flag(log_to_mlflow, "log_to_mlflow") else None
         super().__init__(
             name=name,
             serving_input_receiver_fn=serving_input_receiver_fn,
@@ -252,24 +243,17 @@ class MLflowBestExporter(tf.estimator.BestExporter):
             # The parent only checks it; a policy value is ours alone.
             exports_to_keep=exports_to_keep if isinstance(policy, retention.KeepBestN) else None,
         )
-        self._keep_argument = exports_to_keep
-        self._receiver_fn = serving_input_receiver_fn
-        self._extra_assets = assets_extra
-        self._text_proto = as_text
         # Our own names for what the parent also keeps: its private attributes are its own.
+        self._mlflow = settings if arguments.validate_flag(log_to_mlflow, "log_to_mlflow") else None
+        self._keep_argument = exports_to_keep
         self._ranked_by = compare_fn
         self._events_glob = event_file_pattern
         self._keeper = Keeper(compare_fn, policy)
         self._comparison = ranking.Comparison.of(compare_fn)
-        self._compare_key = self._comparison.key if self._comparison else None
-        self._lock: ExportDirLock | None = None
-        self._history_reader: HistoryReader | None = None
-        self._bound_to: tuple[str, str] | None = None
-        self._export_steps: dict[str, int | None] = {}
-        self._unrecoverable_warned: set[int] = set()
-        self._session: MirrorSession | None = None
-        # The highest export name seen or used: a name is never given to a second export.
-        self._newest_name = 0
+        self._writer = SavedModelWriter(
+            name, self._comparison, serving_input_receiver_fn, assets_extra, as_text
+        )
+        self._session: ExportSession | None = None  # bound at the first export()
 
     @property
     def compare_fn(self) -> ranking.CompareFn:
@@ -316,113 +300,51 @@ class MLflowBestExporter(tf.estimator.BestExporter):
           ExportDirLockedError: if another process is exporting to the same
             directory.
         """
-        export_base = os.fsdecode(export_path)
         checkpoint_path = _absolute(os.fsdecode(checkpoint_path)) if checkpoint_path else None
         model_dir = os.fsdecode(estimator.model_dir)
-        self._bind(model_dir, export_base)
-        self._lock.check()
-
-        candidate = self._candidate(eval_result, checkpoint_path)
-        history = self._poll_history()
-        # The one listing of this call: what is exported or deleted below is added to
-        # `kept` or taken out of it as it happens.
-        listed = exports_lib.list_exports(export_base)
-        self._newest_name = max([self._newest_name, *(e.version for e in listed)])
-        kept = [
-            _candidate_of(e)
-            for e in exports_lib.resolve_exports(listed, history, self._export_steps)
-        ]
+        session = self._bind(model_dir, os.fsdecode(export_path))
+        key = self._comparison.key if self._comparison else None
+        candidate = _candidate(eval_result, checkpoint_path, key)
+        history = session.history()
+        # What is exported or deleted below is added to `kept` or taken out as it happens.
+        kept = session.kept(history)
         earlier = [
             Candidate(r.step, r.metrics, r.wall_time, source=r.checkpoint_path)
             for r in history.before(candidate.step)
         ]
-        # Where each contender's checkpoint is now (None: gone), looked up once.
-        found: dict[int, str | None] = {}
+        found: dict[int, str | None] = {}  # where each contender's checkpoint is now
 
         def recoverable(contender: Candidate) -> bool:
             found[contender.step] = _existing_checkpoint(contender.source, model_dir)
             return found[contender.step] is not None
 
         decision = self._keeper.decide(kept, earlier, candidate, recoverable)
-        self._warn_unrecoverable(decision.unrecoverable)
+        for lost in decision.unrecoverable:
+            _say_lost(session, lost, key)
         best = decision.baseline
         for lost in decision.recover:
-            logger.warning(
-                "The eval at step %d (%s) beat every kept export but was never exported "
-                "(the process stopped first); exporting it now from %s.",
-                lost.step,
-                _describe(lost.metrics, self._compare_key),
-                lost.source,
-            )
+            _say_lost(session, lost, key, recovered_from=found[lost.step])
             kept.append(
-                self._write_export(estimator, export_base, lost, found[lost.step], recovered=True)
+                self._writer.write(estimator, session, lost, found[lost.step], recovered=True)
             )
             best = lost
 
         new_export = None
-        described = _describe(best.metrics if best else None, self._compare_key)
+        mine, theirs = _describe(candidate, key), _describe(best, key)
         if decision.export:
-            logger.info(
-                "Exporting step %d: %s beats %s.",
-                candidate.step,
-                _describe(candidate.metrics, self._compare_key),
-                described if best is not None else "no kept export",
-            )
-            written = self._write_export(
-                estimator, export_base, candidate, checkpoint_path, recovered=False
-            )
+            logger.info("Exporting step %d: %s beats %s.", candidate.step, mine, theirs)
+            written = self._writer.write(estimator, session, candidate, checkpoint_path)
             kept.append(written)
             new_export = written.source.path
         else:
             logger.info(
                 "Not exporting step %d: %s does not beat the best kept export (%s).",
                 candidate.step,
-                _describe(candidate.metrics, self._compare_key),
-                described,
+                mine,
+                theirs,
             )
-
-        remaining = self._retire(kept)
-        if self._session is not None:
-            self._session.request(history, [c.source for c in remaining], final=is_the_final_export)
+        session.retire(history, kept, final=is_the_final_export)
         return new_export
-
-    # -- binding to a model directory ------------------------------------------------------
-
-    def _bind(self, model_dir: str, export_base: str) -> None:
-        if self._bound_to == (model_dir, export_base):
-            return
-        self._release()
-        fs.check_filesystem(model_dir)
-        fs.check_filesystem(export_base)
-        lock = ExportDirLock(export_base)
-        lock.acquire()
-        self._lock = lock
-        exports_lib.remove_stale_temps(export_base)
-        staging.sweep_once()  # what a killed predecessor staged locally
-        self._history_reader = (
-            HistoryReader(model_dir, self._events_glob) if self._events_glob else None
-        )
-        self._export_steps.clear()
-        self._unrecoverable_warned.clear()
-        self._bound_to = (model_dir, export_base)
-        if self._mlflow is not None:
-            self._session = self._mlflow.start(
-                model_dir=model_dir,
-                export_base=export_base,
-                exporter_name=self.name,
-                comparison=self._comparison,
-            )
-
-    def _release(self) -> None:
-        session, self._session = self._session, None
-        try:
-            if session is not None:
-                session.close()
-        finally:
-            if self._lock is not None:
-                self._lock.release()
-                self._lock = None
-            self._bound_to = None
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until MLflow mirrors every export made so far.
@@ -442,122 +364,55 @@ class MLflowBestExporter(tf.estimator.BestExporter):
         Raises:
           The last MLflow failure, when ``strict=True``.
         """
-        self._release()
+        session, self._session = self._session, None
+        if session is not None:
+            session.close()
 
-    # -- decisions ----------------------------------------------------------------------
-
-    def _candidate(self, eval_result: Mapping[str, Any], checkpoint_path: str | None) -> Candidate:
-        if not isinstance(eval_result, Mapping):
-            raise ValueError(f"`eval_result` must be a dict of metrics, got {eval_result!r}.")
-        metrics = exports_lib.plain_metrics(eval_result)
-        if self._compare_key is not None and self._compare_key not in metrics:
-            raise ValueError(
-                f"The eval result has no {self._compare_key!r}, which compare_fn compares; it "
-                f"has the keys {sorted(eval_result)}. Pass compare_fn=metric_smaller(key) or "
-                f"metric_bigger(key) for one of them."
+    def _bind(self, model_dir: str, export_base: str) -> ExportSession:
+        session = self._session
+        if session is None or (session.model_dir, session.export_base) != (model_dir, export_base):
+            self.close()
+            self._session = ExportSession(
+                model_dir=model_dir,
+                export_base=export_base,
+                exporter_name=self.name,
+                event_file_pattern=self._events_glob,
+                keeper=self._keeper,
+                mlflow=self._mlflow,
             )
-        step = _candidate_step(eval_result, checkpoint_path)
-        return Candidate(step, metrics, time.time(), source=checkpoint_path)
+        return self._session
 
-    def _poll_history(self) -> EvalHistory:
-        if self._history_reader is None:
-            return EvalHistory([])
-        return self._history_reader.poll()
 
-    def _warn_unrecoverable(self, lost: tuple[Candidate, ...]) -> None:
-        for record in lost:
-            if record.step in self._unrecoverable_warned:
-                continue
-            self._unrecoverable_warned.add(record.step)
-            logger.warning(
-                "The eval at step %d (%s) beat every kept export but was never exported, and "
-                "its checkpoint %s is gone; it cannot be recovered.",
-                record.step,
-                _describe(record.metrics, self._compare_key),
-                record.source,
-            )
-
-    # -- effects ------------------------------------------------------------------------
-
-    def _retire(self, kept: list[Candidate]) -> list[Candidate]:
-        """Delete the exports the policy does not keep; the rest, best first."""
-        doomed = self._keeper.retire(kept)
-        gone = {e.path for e in exports_lib.delete_exports(c.source for c in doomed)}
-        return self._keeper.rank(c for c in kept if c.source.path not in gone)
-
-    def _write_export(
-        self,
-        estimator: tf.estimator.Estimator,
-        export_base: str,
-        candidate: Candidate,
-        checkpoint_path: str | None,
-        *,
-        recovered: bool,
-    ) -> Candidate:
-        """Export ``candidate`` from ``checkpoint_path``; the export as the keeper sees it."""
-        metadata = exports_lib.build_metadata(
-            exporter_name=self.name,
-            step=candidate.step,
-            metrics=candidate.metrics,
-            checkpoint_path=checkpoint_path,
-            comparison=self._comparison,
-            recovered=recovered,
+def _say_lost(
+    session: ExportSession, lost: Candidate, key: str | None, recovered_from: str | None = None
+) -> None:
+    """Warn about a best that was never exported: each time it is recovered, or once if
+    it cannot be."""
+    if recovered_from is not None:
+        logger.warning(
+            "The eval at step %d (%s) beat every kept export but was never exported "
+            "(the process stopped first); exporting it now from %s.",
+            lost.step,
+            _describe(lost, key),
+            recovered_from,
         )
-        with staging.staging_dir() as tmp:
-            # The metadata travels as an extra asset, so it lands in the export before the
-            # Estimator renames it into place: no export is ever seen without it.
-            assets_extra = dict(self._extra_assets)
-            assets_extra[exports_lib.METADATA_FILENAME] = exports_lib.write_metadata_file(
-                metadata, tmp
-            )
-            atomic = fs.has_atomic_rename(export_base)
-            # Where directories cannot be renamed atomically (object stores, ram://), the
-            # SavedModel is written locally and copied with saved_model.pb last, instead of
-            # TensorFlow's rename of a temp directory, which there copies every object again
-            # (or, on ram://, loses the contents).
-            target_base = export_base if atomic else os.path.join(tmp, "export")
-            path = os.fsdecode(
-                estimator.export_saved_model(
-                    target_base,
-                    self._receiver_fn,
-                    assets_extra=assets_extra,
-                    as_text=self._text_proto,
-                    checkpoint_path=checkpoint_path,
-                )
-            )
-            if not atomic:
-                name = _free_name(export_base, path, after=self._newest_name)
-                path = exports_lib.stage_export(path, export_base, name)
-        version = int(fs.split(path)[1])
-        self._newest_name = max(self._newest_name, version)
-        return _candidate_of(exports_lib.export_from_metadata(path, version, metadata))
+    elif lost.step not in session.warned:
+        session.warned.add(lost.step)
+        logger.warning(
+            "The eval at step %d (%s) beat every kept export but was never exported, and "
+            "its checkpoint %s is gone; it cannot be recovered.",
+            lost.step,
+            _describe(lost, key),
+            lost.source,
+        )
 
 
-def _candidate_of(export: Export) -> Candidate:
-    """An export as the keeper sees it: made at its timestamp name."""
-    return Candidate(export.step, export.metrics, float(export.version), source=export)
-
-
-def _describe(metrics: Mapping[str, float] | None, key: str | None) -> str:
-    if metrics is None:
-        return "nothing"
-    if key is not None and key in metrics:
-        return f"{key}={metrics[key]:.6g}"
-    return ", ".join(f"{k}={v:.6g}" for k, v in sorted(metrics.items()))
-
-
-def _free_name(export_base: str, local_export: str, after: int) -> str:
-    """The export's timestamp name, or the next one that is free and above ``after``.
-
-    Names are the identity of exports in MLflow (each logged model and version
-    records its export directory), so a name is never used twice: a name taken
-    ahead of the clock (two exports within a second) and freed by retention
-    would otherwise be given to a later, different export.
-    """
-    version = max(int(os.path.basename(local_export)), after + 1)
-    while fs.exists(fs.join(export_base, str(version))):
-        version += 1
-    return str(version)
+def _describe(candidate: Candidate | None, key: str | None) -> str:
+    if candidate is None:
+        return "no kept export"
+    if key is not None and key in candidate.metrics:
+        return f"{key}={candidate.metrics[key]:.6g}"
+    return ", ".join(f"{k}={v:.6g}" for k, v in sorted(candidate.metrics.items()))
 
 
 def _absolute(path: str) -> str:

@@ -286,7 +286,7 @@ def test_an_export_name_is_never_given_twice(tmp_path):
     """Where exports are copied into place (ram://, object stores) and two come within a
     second, a name is taken ahead of the clock; once retention frees it, a later export
     must not get it again (MLflow knows exports by their directory)."""
-    from mlflow_best_export.exporter import _free_name
+    from mlflow_best_export.session import free_name as _free_name
 
     base = str(tmp_path)
     os.makedirs(os.path.join(base, "1796541743"))

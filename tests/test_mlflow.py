@@ -29,7 +29,8 @@ from mlflow_checks import (
 from oracles import eval_records
 
 from mlflow_best_export import MLflowBestExporter, mirror
-from mlflow_best_export.exports import METADATA_FILENAME
+from mlflow_best_export.exports import METADATA_FILENAME, ExportDirLock
+from mlflow_best_export.settings import MlflowSettings
 from mlflow_best_export.tags import TAG_MODEL_ID
 
 LOSSES = [50, 30, 40, 20, 25, 10, 60, 5, 8]  # new bests at steps 2, 4, 8, 12, 16
@@ -118,7 +119,7 @@ def test_train_and_evaluate_mirrors_the_n_best_into_mlflow(tmp_path, uri):
 
     # Nothing to do the second time: MLflow's state is the same afterwards.
     before = mlflow_state(uri, "tiny")
-    mirror.sync(model_dir, tracking_uri=uri, registered_model_name="tiny")
+    mirror.sync(model_dir, MlflowSettings(tracking_uri=uri, registered_model_name="tiny"))
     assert mlflow_state(uri, "tiny") == before
 
 
@@ -215,12 +216,12 @@ def test_sync_repairs_what_was_changed_behind_its_back(tmp_path, uri):
     client.delete_model_version("tiny", best.version)
     client.delete_logged_model(best.tags[TAG_MODEL_ID])
 
-    report = mirror.sync(model_dir, tracking_uri=uri, registered_model_name="tiny")
+    report = mirror.sync(model_dir, MlflowSettings(tracking_uri=uri, registered_model_name="tiny"))
     assert report.models_logged == [8] and report.versions_created == [8]
     assert report.alias_moved_to == 8
     check_mlflow(model_dir, uri, registered_model_name="tiny", best_step=8)
     before = mlflow_state(uri, "tiny")
-    mirror.sync(model_dir, tracking_uri=uri, registered_model_name="tiny")
+    mirror.sync(model_dir, MlflowSettings(tracking_uri=uri, registered_model_name="tiny"))
     assert mlflow_state(uri, "tiny") == before
 
 
@@ -230,7 +231,7 @@ def test_versions_caught_up_in_one_sync_are_numbered_in_training_order(tmp_path,
     model_dir = str(tmp_path / "model")
     exporter = make_exporter(None, exports_to_keep=3, log_to_mlflow=False)
     tiny.train(model_dir, exporter, LOSSES)
-    mirror.sync(model_dir, tracking_uri=uri, registered_model_name="tiny")
+    mirror.sync(model_dir, MlflowSettings(tracking_uri=uri, registered_model_name="tiny"))
     check_mlflow(model_dir, uri, registered_model_name="tiny", best_step=16)
     versions = MlflowClient(uri).search_model_versions("name = 'tiny'")
     by_number = sorted((int(v.version), int(v.tags["global_step"])) for v in versions)
@@ -258,7 +259,9 @@ def test_strict_raises_when_mlflow_fails(tmp_path, mlflow_fails_fast):
         tiny.train(str(tmp_path / "model"), exporter, [5, 3, 4, 1])
     with pytest.raises(mlflow.exceptions.MlflowException):
         exporter.close()  # the failure is raised, and the export directory released
-    assert exporter._lock is None
+    lock = ExportDirLock(str(tmp_path / "model" / "export" / exporter.name))
+    lock.acquire()  # raises ExportDirLockedError while the exporter still holds it
+    lock.release()
 
 
 def test_outage_of_a_real_server_is_caught_up(tmp_path, monkeypatch, caplog, mlflow_fails_fast):

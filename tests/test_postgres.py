@@ -29,6 +29,7 @@ from mlflow_checks import MlflowServer, check_mlflow, exporter_runs, mlflow_stat
 from postgres import PostgresServer, find_bindir
 
 from mlflow_best_export import MLflowBestExporter, mirror, registry
+from mlflow_best_export.settings import MlflowSettings
 from mlflow_best_export.tags import TAG_MODEL_ID
 from mlflow_best_export.tracking import exporter_key
 
@@ -138,7 +139,7 @@ def test_train_and_evaluate_mirrors_the_n_best_into_a_postgres_backed_server(tmp
     assert got.shape == (5,) and np.all(np.isfinite(got))
 
     before = mlflow_state(uri, "pg-tiny")
-    mirror.sync(model_dir, tracking_uri=uri, registered_model_name="pg-tiny")
+    mirror.sync(model_dir, MlflowSettings(tracking_uri=uri, registered_model_name="pg-tiny"))
     assert mlflow_state(uri, "pg-tiny") == before  # nothing to change the second time
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from mlflow_best_export import registry
+from mlflow_best_export import reconcile, registry
 from mlflow_best_export.exports import Export
 
 KEY = "0123456789abcdef0123"
@@ -50,13 +50,13 @@ def test_an_export_dir_given_to_a_later_export_is_a_new_export_for_mlflow():
     )
     old_model = registry.ModelEntry("m-old", directory, True, step=8)
     old_version = registry.VersionEntry("3", directory, "m-old", ("best",), step=8)
-    plan = registry.plan([new], [old_model], [old_version], alias="best", alias_on=(directory, 8))
+    plan = reconcile.plan([new], [old_model], [old_version], alias="best", alias_on=(directory, 8))
     assert plan.log == (new,) and plan.register == (new,) and plan.alias_to == new
     assert plan.delete_versions == (old_version,) and plan.delete_models == (old_model,)
     # The same directory and step is the same export: nothing to do.
     same_model = registry.ModelEntry("m-new", directory, True, step=16)
     same_version = registry.VersionEntry("4", directory, "m-new", ("best",), step=16)
-    plan = registry.plan(
+    plan = reconcile.plan(
         [new], [same_model], [same_version], alias="best", alias_on=(directory, 16)
     )
     assert plan.log == plan.register == plan.delete_versions == plan.delete_models == ()

@@ -230,7 +230,6 @@ def _install_kill(exporter_cls, point: str, at_step: int):
             step = int(eval_result["global_step"])
             if point == "before_export" and step == at_step:
                 _kill_self()  # the eval is in the event file; its export never happens
-            self._current_step = step
             state["step"] = step
             result = super().export(
                 estimator, export_path, checkpoint_path, eval_result, is_the_final_export
@@ -241,10 +240,17 @@ def _install_kill(exporter_cls, point: str, at_step: int):
                 self.flush()
             return result
 
-        def _retire(self, kept):
-            if point == "before_retention" and self._current_step == at_step:
+    if point == "before_retention":
+        from mlflow_best_export.session import ExportSession
+
+        original_retire = ExportSession.retire
+
+        def retire(self, history, kept, *, final=False):
+            if state["step"] == at_step:
                 _kill_self()  # the export is on disk; retention never ran
-            return super()._retire(kept)
+            return original_retire(self, history, kept, final=final)
+
+        ExportSession.retire = retire
 
     if point == "in_savedmodel_write":
         import tensorflow as tf
@@ -321,10 +327,10 @@ def _install_mlflow_kill(point: str, at_step: int) -> None:
 
     original_log_model = registry.Registry.log_model
 
-    def log_model(self, export, link_metrics):
+    def log_model(self, export):
         state["logging"] = export.step
         try:
-            return original_log_model(self, export, link_metrics)
+            return original_log_model(self, export)
         finally:
             state["logging"] = None
 
@@ -356,20 +362,20 @@ def _install_mlflow_kill(point: str, at_step: int) -> None:
     if point == "before_register":
         original_register = registry.Registry.register
 
-        def register(self, export):
+        def register(self, export, model):
             if export.step >= at_step:
                 _kill_self()  # the LoggedModel is READY, its version never created
-            return original_register(self, export)
+            return original_register(self, export, model)
 
         registry.Registry.register = register
 
     if point == "before_alias":
         original_set_alias = registry.Registry.set_alias
 
-        def set_alias(self, export, versions):
+        def set_alias(self, export, version):
             if export.step >= at_step:
                 _kill_self()  # versions created, alias not moved
-            return original_set_alias(self, export, versions)
+            return original_set_alias(self, export, version)
 
         registry.Registry.set_alias = set_alias
 
