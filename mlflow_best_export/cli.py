@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import math
 import os
 import sys
 from collections.abc import Callable
@@ -162,7 +161,7 @@ def _best_metric(history: EvalHistory, metric: str | None) -> str | None:
 def history(model_dir, pattern, metric, mode, fmt, plot, exporter_name) -> None:
     """Print the eval history recovered from MODEL_DIR's event files; mark the best."""
     from mlflow_best_export.history import read_eval_history
-    from mlflow_best_export.ranking import Comparison, rank_best_first
+    from mlflow_best_export.ranking import Comparison, Ranking
 
     _check_model_dir(model_dir)
     hist = read_eval_history(model_dir, pattern)
@@ -172,11 +171,8 @@ def history(model_dir, pattern, metric, mode, fmt, plot, exporter_name) -> None:
     frame = hist.to_pandas()
     best_step = None
     if metric is not None:
-        compare_fn = Comparison(metric, mode)
-        candidates = [r for r in hist.records if metric in r.metrics]
-        ranked = rank_best_first(candidates, compare_fn, lambda r: r.metrics, lambda r: r.step)
-        ranked = [r for r in ranked if math.isfinite(r.metrics[metric])]
-        best_step = ranked[0].step if ranked else None
+        best = Ranking.of(Comparison(metric, mode)).best(hist.records)
+        best_step = best.step if best else None
     frame.insert(0, "best", frame["step"] == best_step)
 
     if fmt == "csv":

@@ -31,18 +31,13 @@ _CHECKPOINT_STEP = re.compile(r"-(\d+)$")
 
 
 def _candidate(
-    eval_result: Mapping[str, Any], checkpoint_path: str | None, key: str | None
+    eval_result: Mapping[str, Any], checkpoint_path: str | None, ranked_by: ranking.Ranking
 ) -> Candidate:
     """The evaluated checkpoint as the keeper sees it."""
     if not isinstance(eval_result, Mapping):
         raise ValueError(f"`eval_result` must be a dict of metrics, got {eval_result!r}.")
     metrics = exports_lib.plain_metrics(eval_result)
-    if key is not None and key not in metrics:
-        raise ValueError(
-            f"The eval result has no {key!r}, which compare_fn compares; it has the keys "
-            f"{sorted(eval_result)}. Pass compare_fn=metric_smaller(key) or "
-            f"metric_bigger(key) for one of them."
-        )
+    ranked_by.require(metrics)
     step = _candidate_step(eval_result, checkpoint_path)
     return Candidate(step, metrics, time.time(), source=checkpoint_path)
 
@@ -249,7 +244,7 @@ class MLflowBestExporter(tf.estimator.BestExporter):
         self._ranked_by = compare_fn
         self._events_glob = event_file_pattern
         self._keeper = Keeper(compare_fn, policy)
-        self._comparison = ranking.Comparison.of(compare_fn)
+        self._comparison = self._keeper.ranking.comparison
         self._writer = SavedModelWriter(
             name, self._comparison, serving_input_receiver_fn, assets_extra, as_text
         )
@@ -303,8 +298,8 @@ class MLflowBestExporter(tf.estimator.BestExporter):
         checkpoint_path = _absolute(os.fsdecode(checkpoint_path)) if checkpoint_path else None
         model_dir = os.fsdecode(estimator.model_dir)
         session = self._bind(model_dir, os.fsdecode(export_path))
-        key = self._comparison.key if self._comparison else None
-        candidate = _candidate(eval_result, checkpoint_path, key)
+        key = self._keeper.ranking.key
+        candidate = _candidate(eval_result, checkpoint_path, self._keeper.ranking)
         history = session.history()
         # What is exported or deleted below is added to `kept` or taken out as it happens.
         kept = session.kept(history)

@@ -265,24 +265,6 @@ def resolve_exports(
     return resolved
 
 
-def rank_exports(
-    exports: Iterable[Export],
-    history: Any,
-    compare_fn: Any,
-    steps: dict[str, int | None] | None = None,
-) -> list[Export]:
-    """The exports that can be ranked under ``compare_fn``, best first (see
-    :func:`resolve_exports` for exports without metadata)."""
-    from mlflow_best_export import ranking
-
-    rankable = [
-        e
-        for e in resolve_exports(exports, history, steps)
-        if ranking.comparable(compare_fn, e.metrics)
-    ]
-    return ranking.rank_best_first(rankable, compare_fn, lambda e: e.metrics, lambda e: e.step)
-
-
 def compare_fn_of(exports: Iterable[Export]) -> Comparison | None:
     """The comparison recorded in the newest export's metadata, or None.
 

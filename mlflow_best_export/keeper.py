@@ -25,11 +25,12 @@ This module imports neither TensorFlow nor MLflow.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from mlflow_best_export import ranking, retention
-from mlflow_best_export.ranking import CompareFn
+from mlflow_best_export.ranking import CompareFn, Ranking
 from mlflow_best_export.retention import Candidate, RetentionPolicy
 
 __all__ = ["Candidate", "Decision", "Keeper"]
@@ -65,12 +66,14 @@ class Keeper:
     compare_fn: CompareFn = ranking.loss_smaller
     policy: RetentionPolicy = retention.KeepBestN(5)
 
+    @functools.cached_property
+    def ranking(self) -> Ranking:
+        """How candidates rank under ``compare_fn``, worked out once."""
+        return Ranking.of(self.compare_fn)
+
     def rank(self, candidates: Iterable[Candidate]) -> list[Candidate]:
         """The candidates that can be compared, best first (ties: the later step first)."""
-        comparable = [c for c in candidates if ranking.comparable(self.compare_fn, c.metrics)]
-        return ranking.rank_best_first(
-            comparable, self.compare_fn, lambda c: c.metrics, lambda c: c.step
-        )
+        return self.ranking.rank(candidates)
 
     def decide(
         self,
@@ -104,7 +107,7 @@ class Keeper:
         # Only an eval that beats the baseline can be a lost best, so only those are
         # checked for a checkpoint (a file system call each).
         base = baseline.metrics if baseline else None
-        contenders = [r for r in unexported if ranking.beats(self.compare_fn, base, r.metrics)]
+        contenders = [r for r in unexported if self.ranking.beats(base, r.metrics)]
         can = {id(r): recoverable(r) for r in contenders}
         unrecoverable = tuple(r for r in self.new_bests(contenders, baseline) if not can[id(r)])
         # The bests that can still be exported make their own chain: each one beats the
@@ -114,18 +117,14 @@ class Keeper:
         survivors = {id(c) for c in self.keep(list(kept) + chain)}
         recover = tuple(r for r in chain if id(r) in survivors)
         best = recover[-1] if recover else baseline
-        better = ranking.is_better(
-            self.compare_fn, best.metrics if best else None, candidate.metrics
-        )
+        better = self.ranking.better(best.metrics if best else None, candidate.metrics)
         return Decision(baseline, recover, unrecoverable, better)
 
     def new_bests(
         self, history: Iterable[Candidate], baseline: Candidate | None
     ) -> list[Candidate]:
         """The evals, in order, that each beat ``baseline`` and every eval before them."""
-        return ranking.new_bests(
-            history, baseline.metrics if baseline else None, self.compare_fn, lambda c: c.metrics
-        )
+        return self.ranking.new_bests(history, baseline.metrics if baseline else None)
 
     def keep(self, kept: Iterable[Candidate]) -> list[Candidate]:
         """What the policy keeps of ``kept``, best first."""

@@ -19,7 +19,7 @@ from typing import Any
 from mlflow_best_export import fs, reconcile
 from mlflow_best_export.exports import Export
 from mlflow_best_export.history import EvalHistory, EvalRecord
-from mlflow_best_export.ranking import Comparison
+from mlflow_best_export.ranking import Comparison, Ranking
 from mlflow_best_export.reconcile import ProgressFn, SyncReport
 from mlflow_best_export.registry import identity
 from mlflow_best_export.settings import MlflowSettings
@@ -252,7 +252,11 @@ def snapshot_of(
                 f"were compared (a custom compare_fn); say which metric ranks them, e.g. "
                 f"--metric loss --mode min."
             )
-    kept = exports_lib.rank_exports(exports, history, compare_fn) if exports else []
+    kept = (
+        Ranking.of(compare_fn).rank(exports_lib.resolve_exports(exports, history))
+        if exports
+        else []
+    )
     return Snapshot(history=history, kept=tuple(kept))
 
 

@@ -6,7 +6,7 @@ import math
 from collections.abc import Iterable
 
 from mlflow_best_export.history import EvalHistory
-from mlflow_best_export.ranking import Comparison, new_bests
+from mlflow_best_export.ranking import Comparison, Ranking
 
 
 def history_figure(
@@ -35,7 +35,7 @@ def history_figure(
         keys = sorted({k for r in history.records for k in r.metrics})
         raise ValueError(f"No eval record has the metric {metric!r}; the history has {keys}.")
     compare_fn = Comparison(metric, "max" if higher_is_better else "min")
-    exported = new_bests(records, None, compare_fn, lambda r: r.metrics)
+    exported = Ranking.of(compare_fn).new_bests(records)
     kept = set(kept_steps)
 
     figure = Figure(figsize=(8, 4.5), dpi=100)

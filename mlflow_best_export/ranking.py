@@ -20,6 +20,8 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import operator
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -54,8 +56,8 @@ class Comparison:
     A ``Comparison`` is itself a compare function for
     ``MLflowBestExporter(compare_fn=...)``: ``comparison(best_eval_result=...,
     current_eval_result=...)`` is True when the current result is better by
-    more than ``min_delta``. A NaN or infinite current value never wins; a NaN
-    best is beaten by any finite current value (with plain float comparisons a
+    more than ``min_delta``. A NaN or infinite current value never wins; a NaN or
+    infinite best is beaten by any finite current value (with plain float comparisons a
     NaN best would block every later export).
 
     Attributes:
@@ -100,7 +102,7 @@ class Comparison:
         best = self.value_of(best_eval_result, "best_eval_result")
         if not _finite(current):
             return False
-        if math.isnan(best):
+        if not _finite(best):
             return True
         if self.higher_is_better:
             return current > best + self.min_delta
@@ -151,14 +153,14 @@ class Comparison:
     def of(cls, compare_fn: Any) -> Comparison | None:
         """The comparison a compare function makes, when it can be known.
 
-        Known for a ``Comparison`` and for TensorFlow's own default
-        (``_loss_smaller``); None for any other function, which is used pairwise.
+        Known for a ``Comparison`` and for ``tf.estimator.BestExporter``'s own default
+        (the function itself, when its module is loaded); None for any other
+        function, which is used pairwise.
         """
         if isinstance(compare_fn, Comparison):
             return compare_fn
-        if getattr(compare_fn, "__name__", "") == "_loss_smaller" and "tensorflow_estimator" in (
-            getattr(compare_fn, "__module__", "") or ""
-        ):
+        estimator = sys.modules.get("tensorflow_estimator.python.estimator.exporter")
+        if compare_fn is not None and compare_fn is getattr(estimator, "_loss_smaller", None):
             return loss_smaller
         return None
 
@@ -242,131 +244,127 @@ def check_compare_fn(compare_fn: Any) -> CompareFn:
     return compare_fn
 
 
-def is_finite_in(eval_result: Mapping[str, Any], key: str | None) -> bool:
-    """True when ``eval_result[key]`` is a finite number (or the key is unknown)."""
-    if key is None:
-        return True
-    try:
-        return _finite(float(eval_result[key]))
-    except (KeyError, TypeError, ValueError):
-        return False
+@dataclass(frozen=True)
+class Ranking:
+    """How eval results rank under one compare function, worked out once.
 
+    The keeper, the export listing, the mirror's snapshot and the command line
+    all rank through this value. A :class:`Comparison` (or TensorFlow's own
+    default) ranks by value; any other function is used pairwise. Either way:
 
-def is_better(
-    compare_fn: CompareFn,
-    best: Mapping[str, Any] | None,
-    candidate: Mapping[str, Any],
-) -> bool:
-    """Decide whether ``candidate`` beats ``best`` under ``compare_fn``.
+    - a result lacking the compared key cannot be ranked: it is skipped where
+      history is read (a foreign scalar in the eval directory must not stop
+      training) and an error where a candidate is judged;
+    - a NaN or infinite candidate never wins, and a NaN or infinite best never blocks a
+      finite candidate;
+    - ties, and pairs a function cannot tell apart, go to the later step (the
+      model trained longer); non-finite values rank last.
 
-    Applies the NaN rules for any compare function whose key is known: a
-    candidate that is NaN or infinite in the key never wins, and a best that
-    is NaN there never blocks a finite candidate. With no best, any candidate
-    that passes the finiteness rule wins. ``compare_fn`` is called by keyword.
-
-    Raises:
-      ValueError: if the candidate lacks the compared key (the message names
-        the keys it has), or whatever ``compare_fn`` raises.
+    Attributes:
+      compare_fn: the function, as given.
+      comparison: what it compares, when that can be known (else None).
     """
-    key = compared_key(compare_fn)
-    if key is not None and key not in candidate:
-        raise ValueError(
-            f"the eval result has no {key!r} to compare; it has the keys {sorted(candidate)}. "
-            f"Pass a compare_fn for a metric it has, e.g. metric_smaller('<key>')."
-        )
-    if not is_finite_in(candidate, key):
-        return False
-    if best is None:
-        return True
-    if key is not None and not is_finite_in(best, key):
-        return True
-    return bool(compare_fn(best_eval_result=best, current_eval_result=candidate))
 
+    compare_fn: CompareFn
+    comparison: Comparison | None
 
-def comparable(compare_fn: CompareFn, eval_result: Mapping[str, Any]) -> bool:
-    """True when ``eval_result`` can take part in a ranking under ``compare_fn``.
+    @classmethod
+    def of(cls, compare_fn: CompareFn) -> Ranking:
+        """The ranking of ``compare_fn``."""
+        return cls(compare_fn, Comparison.of(compare_fn))
 
-    Records that lack the compared key (a foreign scalar in the eval
-    directory, say) are skipped in history rather than failing training.
-    """
-    key = compared_key(compare_fn)
-    return key is None or key in eval_result
+    @property
+    def key(self) -> str | None:
+        """The compared metric, or None for a user function."""
+        return self.comparison.key if self.comparison else None
 
+    def require(self, metrics: Mapping[str, Any], which: str = "The eval result") -> None:
+        """Raise the error that says how to fix it when ``metrics`` lacks the compared key."""
+        if self.key is not None and self.key not in metrics:
+            raise _missing_key(self.key, metrics, which)
 
-def rank_best_first(
-    items: Iterable[T],
-    compare_fn: CompareFn,
-    metrics_of: Callable[[T], Mapping[str, Any]],
-    step_of: Callable[[T], int],
-) -> list[T]:
-    """Order items best first under ``compare_fn``.
+    def comparable(self, metrics: Mapping[str, Any]) -> bool:
+        """True when ``metrics`` can take part in a ranking (it has the compared key)."""
+        return self.key is None or self.key in metrics
 
-    The metrics of this module sort by value (min_delta plays no part in an
-    ordering; it only decides whether a new result is worth exporting). Any
-    other compare function is used pairwise. Ties, and pairs the function
-    cannot tell apart, go to the later step: it is the model trained longer.
-    Non-finite values sort last.
+    def better(self, best: Mapping[str, Any] | None, candidate: Mapping[str, Any]) -> bool:
+        """True when ``candidate`` beats ``best`` (None: nothing yet), under the NaN rules.
 
-    Args:
-      items: what to order (exports, eval records).
-      compare_fn: the exporter's compare function.
-      metrics_of: the eval metrics of an item.
-      step_of: the global step of an item.
+        Raises:
+          ValueError: if the candidate lacks the compared key, or whatever a user
+            ``compare_fn`` raises.
+        """
+        self.require(candidate)
+        if best is None:
+            return self._finite_in(candidate)
+        # A known comparison judges by its own NaN rules, also for TensorFlow's default.
+        judge = self.comparison or self.compare_fn
+        return bool(judge(best_eval_result=best, current_eval_result=candidate))
 
-    Returns:
-      A new list, best first.
-    """
-    items = list(items)
-    comparison = Comparison.of(compare_fn)
-    if comparison is not None:
-        return sorted(items, key=lambda i: (comparison.sort_key(metrics_of(i)), -step_of(i)))
+    def beats(self, best: Mapping[str, Any] | None, metrics: Mapping[str, Any]) -> bool:
+        """:meth:`better` for history records: False for one that cannot be compared
+        (it lacks the key, or a user compare_fn fails on it) instead of an error."""
+        if not self.comparable(metrics):
+            return False
+        try:
+            return self.better(best, metrics)
+        except (KeyError, TypeError, ValueError) as err:
+            logger.debug("Skipping an eval result that %r cannot compare: %s", self.compare_fn, err)
+            return False
 
-    def cmp(a: T, b: T) -> int:
-        if is_better(compare_fn, metrics_of(b), metrics_of(a)):
-            return -1
-        if is_better(compare_fn, metrics_of(a), metrics_of(b)):
-            return 1
-        return step_of(b) - step_of(a)
+    def rank(
+        self,
+        items: Iterable[T],
+        metrics_of: Callable[[T], Mapping[str, Any]] = operator.attrgetter("metrics"),
+        step_of: Callable[[T], int] = operator.attrgetter("step"),
+    ) -> list[T]:
+        """The items that can be ranked, best first (``min_delta`` plays no part in an
+        order: it only decides whether a new result is worth exporting)."""
+        items = [i for i in items if self.comparable(metrics_of(i))]
+        if self.comparison is not None:
+            sort_key = self.comparison.sort_key
+            return sorted(items, key=lambda i: (sort_key(metrics_of(i)), -step_of(i)))
 
-    return sorted(items, key=functools.cmp_to_key(cmp))
+        def cmp(a: T, b: T) -> int:
+            if self.beats(metrics_of(b), metrics_of(a)):
+                return -1
+            if self.beats(metrics_of(a), metrics_of(b)):
+                return 1
+            return step_of(b) - step_of(a)
 
+        return sorted(items, key=functools.cmp_to_key(cmp))
 
-def new_bests(
-    items: Iterable[T],
-    baseline: Mapping[str, Any] | None,
-    compare_fn: CompareFn,
-    metrics_of: Callable[[T], Mapping[str, Any]],
-) -> list[T]:
-    """The items, in the order given, that each beat everything before them.
+    def best(
+        self,
+        items: Iterable[T],
+        metrics_of: Callable[[T], Mapping[str, Any]] = operator.attrgetter("metrics"),
+        step_of: Callable[[T], int] = operator.attrgetter("step"),
+    ) -> T | None:
+        """The best item with a finite value of the compared key, or None."""
+        for item in self.rank(items, metrics_of, step_of):
+            return item if self._finite_in(metrics_of(item)) else None
+        return None
 
-    Starting from ``baseline`` (None: nothing yet), an item is a new best when
-    :func:`is_better` says it beats the best so far. Items lacking the compared
-    key are skipped, so a foreign scalar in the eval directory never stops
-    training. This is the sequence an uninterrupted exporter would have exported.
-    """
-    best = baseline
-    chain = []
-    for item in items:
-        metrics = metrics_of(item)
-        if beats(compare_fn, best, metrics):
-            chain.append(item)
-            best = metrics
-    return chain
+    def new_bests(
+        self,
+        items: Iterable[T],
+        baseline: Mapping[str, Any] | None = None,
+        metrics_of: Callable[[T], Mapping[str, Any]] = operator.attrgetter("metrics"),
+    ) -> list[T]:
+        """The items, in the order given, that each beat ``baseline`` and everything before
+        them: what an uninterrupted exporter would have exported."""
+        best, chain = baseline, []
+        for item in items:
+            metrics = metrics_of(item)
+            if self.beats(best, metrics):
+                chain.append(item)
+                best = metrics
+        return chain
 
-
-def beats(
-    compare_fn: CompareFn, best: Mapping[str, Any] | None, metrics: Mapping[str, Any]
-) -> bool:
-    """:func:`is_better` for history records: False for one that cannot be compared.
-
-    A record lacking the compared key, or one a user compare_fn fails on (a
-    foreign scalar in the eval directory), is never better, instead of an error.
-    """
-    if not comparable(compare_fn, metrics):
-        return False
-    try:
-        return is_better(compare_fn, best, metrics)
-    except (KeyError, TypeError, ValueError) as err:
-        # A user compare_fn whose key we cannot know fails on foreign records.
-        logger.debug("Skipping an eval result that %r cannot compare: %s", compare_fn, err)
-        return False
+    def _finite_in(self, metrics: Mapping[str, Any]) -> bool:
+        if self.key is None:
+            return True
+        try:
+            return _finite(float(metrics[self.key]))
+        except (KeyError, TypeError, ValueError):
+            return False

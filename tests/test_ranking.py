@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from mlflow_best_export import loss_smaller, metric_bigger, metric_smaller, ranking
+from mlflow_best_export.ranking import Ranking
 
 NAN = math.nan
 INF = math.inf
@@ -40,12 +41,20 @@ def test_loss_smaller(best, current, expected):
     assert loss_smaller(best_eval_result={"loss": best}, current_eval_result={"loss": current}) is (
         expected
     )
-    assert ranking.is_better(loss_smaller, {"loss": best}, {"loss": current}) is expected
+    assert Ranking.of(loss_smaller).better({"loss": best}, {"loss": current}) is expected
 
 
 @pytest.mark.parametrize(
     ("best", "current", "expected"),
-    [(0.8, 0.9, True), (0.9, 0.8, False), (0.9, 0.9, False), (NAN, 0.1, True), (0.1, NAN, False)],
+    [
+        (0.8, 0.9, True),
+        (0.9, 0.8, False),
+        (0.9, 0.9, False),
+        (NAN, 0.1, True),
+        (0.1, NAN, False),
+        (INF, 0.1, True),
+        (-INF, 0.1, True),
+    ],
 )
 def test_metric_bigger(best, current, expected):
     fn = metric_bigger("auc")
@@ -67,7 +76,7 @@ def test_missing_key_names_the_keys_present():
     with pytest.raises(ValueError, match=r"best_eval_result has no 'loss'"):
         loss_smaller(best_eval_result={}, current_eval_result={"loss": 0.5})
     with pytest.raises(ValueError, match=r"has no 'auc'.*\['loss'\]"):
-        ranking.is_better(metric_bigger("auc"), None, {"loss": 1.0})
+        Ranking.of(metric_bigger("auc")).better(None, {"loss": 1.0})
 
 
 @pytest.mark.parametrize("bad", ["", None, 3])
@@ -133,28 +142,28 @@ def test_check_compare_fn_accepts_partials_and_methods():
     assert ranking.check_compare_fn(partial) is partial
 
 
-def test_is_better_calls_by_keyword():
+def test_better_calls_by_keyword():
     calls = []
 
     def fn(current_eval_result, best_eval_result):  # reversed on purpose
         calls.append((best_eval_result, current_eval_result))
         return current_eval_result["auc"] > best_eval_result["auc"]
 
-    assert ranking.is_better(fn, {"auc": 0.5}, {"auc": 0.6}) is True
+    assert Ranking.of(fn).better({"auc": 0.5}, {"auc": 0.6}) is True
     assert calls == [({"auc": 0.5}, {"auc": 0.6})]
 
 
-def test_is_better_with_no_best():
-    assert ranking.is_better(loss_smaller, None, {"loss": 3.0}) is True
-    assert ranking.is_better(loss_smaller, None, {"loss": NAN}) is False
-    assert ranking.is_better(_user_fn, None, {"auc": 0.1}) is True
+def test_better_with_no_best():
+    assert Ranking.of(loss_smaller).better(None, {"loss": 3.0}) is True
+    assert Ranking.of(loss_smaller).better(None, {"loss": NAN}) is False
+    assert Ranking.of(_user_fn).better(None, {"auc": 0.1}) is True
 
 
 def _rank(items, fn):
-    return ranking.rank_best_first(items, fn, lambda i: i[1], lambda i: i[0])
+    return Ranking.of(fn).rank(items, lambda i: i[1], lambda i: i[0])
 
 
-def test_rank_best_first_by_value_then_newer_step():
+def test_rank_by_value_then_newer_step():
     items = [(1, {"loss": 3.0}), (2, {"loss": 1.0}), (3, {"loss": NAN}), (4, {"loss": 1.0})]
     items.append((5, {"loss": INF}))
     assert [s for s, _ in _rank(items, loss_smaller)] == [4, 2, 1, 5, 3]
@@ -162,7 +171,7 @@ def test_rank_best_first_by_value_then_newer_step():
     assert [s for s, _ in _rank(bigger, metric_bigger("auc"))] == [2, 3, 1]
 
 
-def test_rank_best_first_with_a_user_compare_fn():
+def test_rank_with_a_user_compare_fn():
     items = [(1, {"auc": 0.7}), (2, {"auc": 0.9}), (3, {"auc": 0.8}), (4, {"auc": 0.9})]
     assert [s for s, _ in _rank(items, _user_fn)] == [4, 2, 3, 1]
 
@@ -177,13 +186,25 @@ def test_new_bests_is_the_sequence_an_uninterrupted_exporter_exports():
         (6, {"loss": 2.0}),
         (7, {"loss": 2.0}),
     ]
-    chain = ranking.new_bests(items, None, loss_smaller, lambda i: i[1])
+    chain = Ranking.of(loss_smaller).new_bests(items, None, lambda i: i[1])
     assert [s for s, _ in chain] == [1, 2, 6]
-    chain = ranking.new_bests(items, {"loss": 3.5}, loss_smaller, lambda i: i[1])
+    chain = Ranking.of(loss_smaller).new_bests(items, {"loss": 3.5}, lambda i: i[1])
     assert [s for s, _ in chain] == [2, 6]
 
 
 def test_new_bests_skips_records_a_user_compare_fn_cannot_read():
     items = [(1, {"auc": 0.5}), (2, {"loss": 1.0}), (3, {"auc": 0.7})]
-    chain = ranking.new_bests(items, None, _user_fn, lambda i: i[1])
+    chain = Ranking.of(_user_fn).new_bests(items, None, lambda i: i[1])
     assert [s for s, _ in chain] == [1, 3]
+
+
+def test_rank_skips_what_cannot_be_ranked_and_best_needs_a_finite_value():
+    items = [(1, {"loss": NAN}), (2, {"accuracy": 0.5}), (3, {"loss": INF})]
+    assert [s for s, _ in _rank(items, loss_smaller)] == [3, 1]
+    best = Ranking.of(loss_smaller).best(items, lambda i: i[1], lambda i: i[0])
+    assert best is None
+    items.append((4, {"loss": 7.0}))
+    assert Ranking.of(loss_smaller).best(items, lambda i: i[1], lambda i: i[0]) == (
+        4,
+        {"loss": 7.0},
+    )
