@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     import tensorflow as tf
 
     tf.get_logger().setLevel("ERROR")
-    from mlflow_best_export import serving
+    from mlflow_best_export import flavor, frames, serving
 
     work = tempfile.mkdtemp(prefix="scoring-")
     estimator, exports = train_and_export(work)
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         model = serving.load_serving_model(export)
         ours = rate(args.rows, lambda m=model: m.predict(frame), args.repeat)
         if kind == "parsing":
-            examples = serving.examples_from_frame(frame, model.signature.features)
+            examples = frames.examples_from_frame(frame, model.signature.features)
             feeds = {model.signature.examples_input: tf.constant(examples)}
         else:
             feeds = {c: tf.constant(frame[c].to_numpy()) for c in COLUMNS}
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     print("goals: ratio >= 0.5 on both receivers; extra memory <= 2x the frame")
     for kind, export in exports.items():
         model_path = os.path.join(work, f"pyfunc-{kind}")
-        serving.save_model(export, model_path)
+        flavor.save_model(export, model_path)
         if not args.no_spark:
             spark_rows, spark_rate = spark_rate_of(model_path, args.spark_rows)
             print(f"{kind:9s} spark_udf (local[2], {spark_rows:,} rows): {spark_rate:,.0f} rows/s")

@@ -149,7 +149,7 @@ def find_leftovers(client: MlflowClient, experiment_ids: Iterable[str]) -> list[
     from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-    from mlflow_best_export.serving import FLAVOR_NAME
+    from mlflow_best_export.flavor import FLAVOR_NAME
 
     found = []
     for experiment_id in experiment_ids:

@@ -17,7 +17,7 @@ What the filesystems do not share, and how this module evens it out:
   that file first (see ``exports``).
 - There are no inodes: :class:`FileStatus` has an ``identity`` only for local files.
 - ``flock`` exists only locally: :class:`LocalLock` is the kernel's lock, and
-  ``exports.ExportDirLock`` builds a lease on :func:`write_bytes` elsewhere.
+  ``locks.ExportDirLock`` builds a lease on :func:`write_bytes` elsewhere.
 """
 
 from __future__ import annotations

@@ -349,7 +349,7 @@ class Registry:
 
     def log_model(self, export: Export) -> ModelEntry:
         """Log one export as a LoggedModel (READY once its artifacts are all uploaded)."""
-        from mlflow_best_export import serving
+        from mlflow_best_export import flavor
 
         tags = model_tags(export, self.key, self.exporter_name)
         params = {
@@ -358,7 +358,7 @@ class Registry:
             "checkpoint_path": str(export.checkpoint_path),
             "exporter_name": self.exporter_name,
         }
-        model = serving.log_model(
+        model = flavor.log_model(
             self.client,
             export.path,
             experiment_id=self.experiment_id,

@@ -19,7 +19,7 @@ from oracles import eval_records, export_dirs, export_metadata, export_step, new
 
 from mlflow_best_export import MLflowBestExporter, loss_smaller, metric_bigger
 from mlflow_best_export import exports as exports_lib
-from mlflow_best_export.exports import ExportDirLockedError
+from mlflow_best_export.locks import ExportDirLockedError
 
 # Scheduled eval losses, one per checkpoint (every 2 steps): the new bests are
 # at steps 2, 4, 8, 12 and 16; everything else is worse than the best before it.

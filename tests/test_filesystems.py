@@ -21,8 +21,8 @@ import tensorflow as tf
 import tiny
 
 from mlflow_best_export import MLflowBestExporter, fs, read_eval_history
-from mlflow_best_export.exports import ExportDirLock, ExportDirLockedError
 from mlflow_best_export.history import HistoryReader
+from mlflow_best_export.locks import ExportDirLock, ExportDirLockedError
 
 # Scheduled eval losses, one per checkpoint (every 2 steps): new bests at steps
 # 2, 4, 8, 12 and 16, everything else worse than the best before it.

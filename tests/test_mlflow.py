@@ -29,7 +29,8 @@ from mlflow_checks import (
 from oracles import eval_records
 
 from mlflow_best_export import MLflowBestExporter, mirror
-from mlflow_best_export.exports import METADATA_FILENAME, ExportDirLock
+from mlflow_best_export.exports import METADATA_FILENAME
+from mlflow_best_export.locks import ExportDirLock
 from mlflow_best_export.settings import MlflowSettings
 from mlflow_best_export.tags import TAG_MODEL_ID
 

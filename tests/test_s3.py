@@ -137,7 +137,7 @@ def test_sigkill_in_the_middle_of_a_remote_export_then_restart(s3):
 HOLD = """
 import sys, time
 import tensorflow_io
-from mlflow_best_export.exports import ExportDirLock, ExportDirLockedError
+from mlflow_best_export.locks import ExportDirLock, ExportDirLockedError
 lock = ExportDirLock(sys.argv[1])
 try:
     lock.acquire()

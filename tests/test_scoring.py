@@ -18,7 +18,9 @@ import tensorflow as tf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mlflow_best_export import frames as frames_lib
 from mlflow_best_export import serving
+from mlflow_best_export import signature as signature_lib
 
 SPEC = {
     "f": tf.io.FixedLenFeature([], tf.float32, default_value=-1.5),
@@ -59,7 +61,7 @@ def model(tmp_path_factory):
 
 def serialized_path(model, frame: pd.DataFrame) -> dict[str, np.ndarray]:
     """The reference: one tf.Example per row, parsed by the graph's own ParseExample op."""
-    examples = serving.examples_from_frame(frame, model.signature.features)
+    examples = frames_lib.examples_from_frame(frame, model.signature.features)
     outputs = model._function(examples=tf.constant(examples, dtype=tf.string))
     return {name: value.numpy() for name, value in outputs.items()}
 
@@ -155,8 +157,8 @@ def test_refusals_match_parse_example(model, change, message):
 
 def test_raw_inputs_are_fed_from_the_columns_without_a_copy():
     column = pd.Series(np.arange(6, dtype=np.float32))
-    info = serving.TensorInfo("x", "float32", (None,))
-    array = serving._to_array(column, info)
+    info = signature_lib.TensorInfo("x", "float32", (None,))
+    array = frames_lib.to_array(column, info)
     assert np.shares_memory(array, column.to_numpy())
-    info2 = serving.TensorInfo("x", "float32", (None, 1))
-    assert serving._to_array(column, info2).shape == (6, 1)
+    info2 = signature_lib.TensorInfo("x", "float32", (None, 1))
+    assert frames_lib.to_array(column, info2).shape == (6, 1)

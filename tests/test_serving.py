@@ -21,7 +21,9 @@ from mlflow.entities import LoggedModelStatus
 from mlflow.models import Model
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-from mlflow_best_export import __version__, serving
+from mlflow_best_export import __version__, frames, serving
+from mlflow_best_export import flavor as flavor_lib
+from mlflow_best_export import signature as signature_lib
 
 KINDS = ("raw", "parsing")
 OUTPUTS = ["label", "scores", "y"]
@@ -94,7 +96,7 @@ def signature_dict(schema) -> list[dict]:
 @pytest.mark.parametrize("kind", KINDS)
 def test_signature_lists_feature_columns_and_outputs(trained, kind):
     _, exports = trained
-    signature = serving.signature_of(exports[kind, False])
+    signature = signature_lib.signature_of(exports[kind, False])
 
     assert signature.key == "serving_default"
     assert signature.parses_examples == (kind == "parsing")
@@ -120,22 +122,22 @@ def test_signature_lists_feature_columns_and_outputs(trained, kind):
 
 def test_signature_of_parsing_export_reads_the_feature_spec(trained):
     _, exports = trained
-    signature = serving.signature_of(exports["parsing", True])
+    signature = signature_lib.signature_of(exports["parsing", True])
 
     assert signature.examples_input == "examples"
     assert signature.features == (
-        serving.Feature("a", "float32", "dense", (), True),
-        serving.Feature("b", "float32", "dense", (2,), True),
-        serving.Feature("n", "int64", "dense", (), False),
+        signature_lib.Feature("a", "float32", "dense", (), True),
+        signature_lib.Feature("b", "float32", "dense", (2,), True),
+        signature_lib.Feature("n", "int64", "dense", (), False),
     )
 
 
 def test_signature_of_rejects_what_is_not_a_saved_model(tmp_path, trained):
     _, exports = trained
     with pytest.raises(ValueError, match="not a SavedModel"):
-        serving.signature_of(tmp_path)
+        signature_lib.signature_of(tmp_path)
     with pytest.raises(ValueError, match="no signature 'nope'.*serving_default"):
-        serving.signature_of(exports["raw", False], "nope")
+        signature_lib.signature_of(exports["raw", False], "nope")
 
 
 # -- save_model and the pyfunc loader ---------------------------------------------------------
@@ -148,9 +150,9 @@ def test_saved_model_predicts_like_the_estimator(tmp_path, trained, expected, ki
     data, want = expected
     path = tmp_path / "model"
 
-    serving.save_model(exports[kind, as_text], path)
+    flavor_lib.save_model(exports[kind, as_text], path)
 
-    copied = path / serving.SAVED_MODEL_SUBPATH
+    copied = path / flavor_lib.SAVED_MODEL_SUBPATH
     assert (copied / ("saved_model.pbtxt" if as_text else "saved_model.pb")).exists()
     assert json.loads((copied / "assets.extra" / "mlflow_best_export.json").read_text()) == {
         "global_step": 30
@@ -158,7 +160,7 @@ def test_saved_model_predicts_like_the_estimator(tmp_path, trained, expected, ki
     assert (copied / "assets.extra" / USER_FILE).read_text() == "low\nmid\nhigh\n"
     meta = Model.load(str(path))
     assert meta.flavors["python_function"]["loader_module"] == "mlflow_best_export.serving"
-    flavor = meta.flavors[serving.FLAVOR_NAME]
+    flavor = meta.flavors[flavor_lib.FLAVOR_NAME]
     assert flavor["receiver"] == kind
     assert flavor["signature_key"] == "serving_default"
     assert flavor["tensorflow_version"].startswith("2.15.")
@@ -172,7 +174,7 @@ def test_saved_model_predicts_like_the_estimator(tmp_path, trained, expected, ki
 
 def test_requirements_reinstall_tensorflow_and_this_package(tmp_path, trained):
     _, exports = trained
-    serving.save_model(exports["raw", False], tmp_path / "model")
+    flavor_lib.save_model(exports["raw", False], tmp_path / "model")
 
     requirements = (tmp_path / "model" / "requirements.txt").read_text().splitlines()
     import tensorflow as tf
@@ -188,16 +190,16 @@ def test_requirements_reinstall_tensorflow_and_this_package(tmp_path, trained):
 def test_save_model_extra_requirements_and_refusal_to_overwrite(tmp_path, trained):
     _, exports = trained
     path = tmp_path / "model"
-    serving.save_model(exports["raw", False], path, extra_pip_requirements=["pyyaml"])
+    flavor_lib.save_model(exports["raw", False], path, extra_pip_requirements=["pyyaml"])
     assert "pyyaml" in (path / "requirements.txt").read_text().splitlines()
     with pytest.raises(mlflow.exceptions.MlflowException, match="already exists"):
-        serving.save_model(exports["raw", False], path)
+        flavor_lib.save_model(exports["raw", False], path)
 
 
 def test_parsing_model_applies_the_graph_default_for_a_missing_feature(tmp_path, trained):
     estimator, exports = trained
     path = tmp_path / "model"
-    serving.save_model(exports["parsing", False], path)
+    flavor_lib.save_model(exports["parsing", False], path)
     data = estimators.frame(4)
 
     # Through pyfunc (MLflow enforces the signature) the optional column may be left out...
@@ -236,7 +238,7 @@ def test_parsing_without_a_readable_spec_encodes_columns_by_dtype(trained, expec
     # As if the graph's ParseExample op could not be read.
     model.signature = dataclasses.replace(model.signature, features=None)
 
-    first = tf.train.Example.FromString(serving.examples_from_frame(data, None)[0])
+    first = tf.train.Example.FromString(frames.examples_from_frame(data, None)[0])
     assert list(first.features.feature["b"].float_list.value) == pytest.approx(data["b"][0])
     assert list(first.features.feature["n"].int64_list.value) == [data["n"][0]]
     assert_predictions_match(model.predict(data), want)
@@ -274,7 +276,7 @@ def test_canned_regressor(tmp_path, kind, signature_key, column):
         return tf.estimator.export.build_raw_serving_input_receiver_fn({"a": placeholder})()
 
     export_dir = regressor.export_saved_model(str(tmp_path / "export"), receiver).decode()
-    serving.save_model(export_dir, tmp_path / "model")
+    flavor_lib.save_model(export_dir, tmp_path / "model")
     model = mlflow.pyfunc.load_model(str(tmp_path / "model"))
 
     data = pd.DataFrame({"a": [-0.5, 0.0, 0.25]})
@@ -284,14 +286,14 @@ def test_canned_regressor(tmp_path, kind, signature_key, column):
         return tf.data.Dataset.from_tensor_slices({"a": data["a"].to_numpy("float32")}).batch(3)
 
     want = [p["predictions"][0] for p in regressor.predict(predict_input_fn)]
-    flavor = Model.load(str(tmp_path / "model")).flavors[serving.FLAVOR_NAME]
+    flavor = Model.load(str(tmp_path / "model")).flavors[flavor_lib.FLAVOR_NAME]
     assert flavor["signature_key"] == signature_key
     assert flavor["receiver"] == kind
     assert list(got.columns) == [column]
     np.testing.assert_allclose(got[column].to_numpy(dtype="float64"), want, rtol=1e-5)
     if kind == "parsing":
         # A signature chosen at save time is the one pyfunc serves (read from the MLmodel).
-        serving.save_model(export_dir, tmp_path / "by-key", signature_key="predict")
+        flavor_lib.save_model(export_dir, tmp_path / "by-key", signature_key="predict")
         by_key = mlflow.pyfunc.load_model(str(tmp_path / "by-key")).predict(data)
         assert list(by_key.columns) == ["predictions"]
         np.testing.assert_allclose(np.stack(by_key["predictions"]).reshape(-1), want, rtol=1e-5)
@@ -306,7 +308,7 @@ def test_log_model_creates_a_ready_logged_model_linked_to_the_run(tracking, trai
     data, want = expected
     run = client.create_run(experiment_id)
 
-    model = serving.log_model(
+    model = flavor_lib.log_model(
         client,
         exports["parsing", False],
         experiment_id=experiment_id,
@@ -321,7 +323,7 @@ def test_log_model_creates_a_ready_logged_model_linked_to_the_run(tracking, trai
     fetched = client.get_logged_model(model.model_id)
     assert fetched.status == LoggedModelStatus.READY
     assert fetched.name == "best_exporter-step-30"
-    assert fetched.model_type == serving.MODEL_TYPE
+    assert fetched.model_type == flavor_lib.MODEL_TYPE
     assert fetched.source_run_id == run.info.run_id
     assert fetched.params == {"global_step": "30"}
     assert fetched.tags["mlflow_best_export.key"] == "k1"
@@ -332,7 +334,7 @@ def test_log_model_creates_a_ready_logged_model_linked_to_the_run(tracking, trai
     )
     assert [m.model_id for m in found] == [model.model_id]
 
-    artifacts = os.path.join(fetched.artifact_location, serving.SAVED_MODEL_SUBPATH)
+    artifacts = os.path.join(fetched.artifact_location, flavor_lib.SAVED_MODEL_SUBPATH)
     assert os.path.exists(os.path.join(artifacts, "assets.extra", "mlflow_best_export.json"))
     assert os.path.exists(os.path.join(artifacts, "assets.extra", USER_FILE))
     mlmodel = Model.load(f"models:/{model.model_id}")
@@ -346,7 +348,7 @@ def test_log_model_creates_a_ready_logged_model_linked_to_the_run(tracking, trai
 def test_log_model_without_a_run(tracking, trained):
     client, experiment_id, _ = tracking
     _, exports = trained
-    model = serving.log_model(
+    model = flavor_lib.log_model(
         client, exports["raw", True], experiment_id=experiment_id, run_id=None, name="no-run"
     )
     assert client.get_logged_model(model.model_id).status == LoggedModelStatus.READY
@@ -359,7 +361,7 @@ def test_log_model_marks_the_logged_model_failed_and_raises(tracking, tmp_path):
     (tmp_path / "not_a_saved_model").mkdir()
 
     with pytest.raises(ValueError, match="not a SavedModel"):
-        serving.log_model(
+        flavor_lib.log_model(
             client,
             tmp_path / "not_a_saved_model",
             experiment_id=experiment_id,
@@ -377,7 +379,7 @@ def test_registered_version_loads_by_alias(tracking, trained, expected, kind):
     _, exports = trained
     data, want = expected
     run = client.create_run(experiment_id)
-    model = serving.log_model(
+    model = flavor_lib.log_model(
         client,
         exports[kind, False],
         experiment_id=experiment_id,
@@ -408,7 +410,7 @@ def test_registering_by_artifact_location_needs_no_global_tracking_uri(tracking,
     client, experiment_id, uri = tracking
     _, exports = trained
     run = client.create_run(experiment_id)
-    model = serving.log_model(
+    model = flavor_lib.log_model(
         client,
         exports["raw", False],
         experiment_id=experiment_id,
@@ -447,7 +449,7 @@ def test_mlflow_models_serve_answers_like_the_estimator(tracking, trained, expec
     run = client.create_run(experiment_id)
     client.create_registered_model("tiny")
     for kind in KINDS:
-        model = serving.log_model(
+        model = flavor_lib.log_model(
             client,
             exports[kind, False],
             experiment_id=experiment_id,
