@@ -38,59 +38,15 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from mlflow_best_export import remote
+
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "FileStatus",
-    "LocalLock",
-    "UnsupportedFilesystemError",
-    "aborts_at_exit",
-    "bytes_read",
-    "check_filesystem",
-    "copy_tree_to_local",
-    "exists",
-    "exit_process",
-    "glob",
-    "has_atomic_rename",
-    "is_url",
-    "isdir",
-    "join",
-    "listdir",
-    "makedirs",
-    "open_read",
-    "read_bytes",
-    "read_range",
-    "remove",
-    "rmtree",
-    "scheme_of",
-    "stat",
-    "upload_tree",
-    "write_bytes",
-]
-
-# What to install for schemes TensorFlow 2.15 does not register by itself.
-_INSTALL_HINTS = {
-    "s3": "tensorflow-io (pip install 'mlflow-best-export[s3]', i.e. tensorflow-io 0.36 for "
-    "TensorFlow 2.15) and set S3_ENDPOINT/AWS credentials as tensorflow-io documents",
-    "az": "tensorflow-io (pip install 'tensorflow-io==0.36.*')",
-    "http": "tensorflow-io (pip install 'tensorflow-io==0.36.*')",
-    "https": "tensorflow-io (pip install 'tensorflow-io==0.36.*')",
-    "hdfs": "a Hadoop client: set HADOOP_HDFS_HOME and CLASSPATH as TensorFlow's HDFS "
-    "guide describes",
-    "viewfs": "a Hadoop client: set HADOOP_HDFS_HOME and CLASSPATH as TensorFlow's HDFS "
-    "guide describes",
-}
-# Schemes whose filesystem tensorflow-io registers when it is imported.
-_TFIO_SCHEMES = frozenset({"s3", "az", "http", "https", "hdfs", "viewfs", "har"})
 
 _checked_schemes: set[str] = set()
 _used_schemes: set[str] = set()
 _counter_lock = threading.Lock()
 _bytes_read = 0
-
-
-class UnsupportedFilesystemError(ValueError):
-    """No filesystem is registered for a path's scheme; the message says what to install."""
 
 
 def scheme_of(path: str) -> str | None:
@@ -111,18 +67,6 @@ def _local(path: str) -> str:
     return path[len("file://") :] if path.startswith("file://") else path
 
 
-def _gfile():
-    import tensorflow as tf
-
-    return tf.io.gfile
-
-
-def _errors():
-    import tensorflow as tf
-
-    return tf.errors
-
-
 def check_filesystem(path: str) -> None:
     """Make sure a filesystem is registered for the scheme of ``path``.
 
@@ -136,21 +80,7 @@ def check_filesystem(path: str) -> None:
     scheme = scheme_of(path)
     if scheme is None or scheme in _checked_schemes:
         return
-    gfile = _gfile()
-    errors = _errors()
-    if scheme in _TFIO_SCHEMES:
-        with contextlib.suppress(ImportError):
-            import tensorflow_io  # noqa: F401 - registers its filesystems on import
-    try:
-        gfile.exists(path)
-    except errors.UnimplementedError:
-        hint = _INSTALL_HINTS.get(scheme, "a TensorFlow filesystem plugin for it")
-        raise UnsupportedFilesystemError(
-            f"No filesystem is registered for {scheme}:// paths such as {path!r}: install "
-            f"{hint}. Without it TensorFlow can neither write nor read that model directory."
-        ) from None
-    except errors.OpError:
-        pass  # the scheme is known; this path's trouble (permissions, say) shows on use
+    remote.check_scheme(path, scheme)
     _checked_schemes.add(scheme)
 
 
@@ -215,12 +145,8 @@ def stat(path: str) -> FileStatus | None:
     """The status of ``path``, or None if it does not exist."""
     if is_url(path):
         _note_use(path)
-        try:
-            with _as_os_errors(path):
-                status = _gfile().stat(path)
-        except FileNotFoundError:
-            return None
-        return FileStatus(int(status.length), bool(status.is_directory), None)
+        found = remote.stat(path)
+        return None if found is None else FileStatus(found[0], found[1], None)
     try:
         status = os.stat(_local(path))
     except FileNotFoundError:
@@ -234,8 +160,8 @@ def exists(path: str) -> bool:
     """True if ``path`` exists."""
     if is_url(path):
         _note_use(path)
-        with _as_os_errors(path):
-            return bool(_gfile().exists(path))
+        with remote.as_os_errors(path):
+            return bool(remote.tf_gfile().exists(path))
     return os.path.exists(_local(path))
 
 
@@ -243,8 +169,8 @@ def isdir(path: str) -> bool:
     """True if ``path`` is a directory (on object stores: a prefix with objects under it)."""
     if is_url(path):
         _note_use(path)
-        with _as_os_errors(path):
-            return bool(_gfile().isdir(path))
+        with remote.as_os_errors(path):
+            return bool(remote.tf_gfile().isdir(path))
     return os.path.isdir(_local(path))
 
 
@@ -256,13 +182,7 @@ def listdir(path: str) -> list[str]:
     """
     if is_url(path):
         _note_use(path)
-        try:
-            with _as_os_errors(path):
-                names = _gfile().listdir(path)
-        except FileNotFoundError:
-            return []
-        # Object stores list "directories" with a trailing slash.
-        return sorted({name.rstrip("/") for name in names if name.rstrip("/")})
+        return remote.listdir(path)
     try:
         return sorted(os.listdir(_local(path)))
     except FileNotFoundError:
@@ -274,8 +194,8 @@ def glob(pattern: str) -> list[str]:
     if is_url(pattern):
         _note_use(pattern)
         try:
-            with _as_os_errors(pattern):
-                return sorted(_gfile().glob(pattern))
+            with remote.as_os_errors(pattern):
+                return sorted(remote.tf_gfile().glob(pattern))
         except FileNotFoundError:
             return []
     return sorted(glob_lib.glob(_local(pattern)))
@@ -284,77 +204,6 @@ def glob(pattern: str) -> list[str]:
 def matches(name: str, pattern: str) -> bool:
     """True if a file name matches a glob pattern (``fnmatch``)."""
     return fnmatch.fnmatchcase(name, pattern)
-
-
-class _RemoteReader(io.RawIOBase):
-    """Random access to a file on any ``tf.io.gfile`` filesystem, one ranged read per call.
-
-    ``tf.io.gfile.GFile`` reads through a 512 KiB buffer, so a 16-byte read
-    of an S3 object fetches half a megabyte. This reads exactly what is asked
-    (a buffer the size of the request), so an incremental read of an event
-    file fetches the appended bytes and nothing else.
-    """
-
-    def __init__(self, path: str, size: int):
-        super().__init__()
-        self._path = path
-        self._size = size
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def readinto(self, buffer) -> int:
-        n = min(len(buffer), self._size - self._pos)
-        if n <= 0:
-            return 0
-        data = _read_remote(self._path, self._pos, n)
-        buffer[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
-
-
-@contextlib.contextmanager
-def _as_os_errors(path: str) -> Iterator[None]:
-    """TensorFlow's errors of a remote file as the ``OSError`` a local file would raise."""
-    errors = _errors()
-    try:
-        yield
-    except errors.NotFoundError:
-        raise FileNotFoundError(errno.ENOENT, "No such file", path) from None
-    except errors.PermissionDeniedError as err:
-        raise PermissionError(errno.EACCES, err.message, path) from None
-    except errors.OpError as err:
-        raise OSError(errno.EIO, err.message, path) from None
-
-
-def _read_remote(path: str, offset: int, size: int) -> bytes:
-    with _as_os_errors(path):
-        try:
-            # TensorFlow's own stream with a buffer of exactly the request: one ranged
-            # read. tf.io.gfile.GFile has no public way to size its 512 KiB buffer.
-            from tensorflow.python.lib.io import _pywrap_file_io
-
-            stream = _pywrap_file_io.BufferedInputStream(path, max(size, 1))
-            stream.seek(offset)
-            data = stream.read(size)
-        except ImportError:  # pragma: no cover - TensorFlow moved it: correct, buffered
-            with _gfile().GFile(path, "rb") as file:
-                file.seek(offset)
-                data = file.read(size)
-    _count(len(data))
-    return data
 
 
 class ReadFile(io.RawIOBase):
@@ -384,7 +233,7 @@ class ReadFile(io.RawIOBase):
 
     def readinto(self, buffer) -> int:
         count = self._raw.readinto(buffer)
-        if self._local and count:
+        if count:
             _count(count)
         return count or 0
 
@@ -402,13 +251,13 @@ def open_read(path: str) -> ReadFile:
     """
     if is_url(path):
         _note_use(path)
-        with _as_os_errors(path):
+        with remote.as_os_errors(path):
             status = stat(path)
         if status is None:
             raise FileNotFoundError(errno.ENOENT, "No such file", path)
         if status.is_dir:
             raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
-        return ReadFile(_RemoteReader(path, status.size), status.size, local=False)
+        return ReadFile(remote.RangeReader(path, status.size), status.size, local=False)
     raw = open(_local(path), "rb", buffering=0)  # noqa: SIM115 - closed by ReadFile
     return ReadFile(raw, os.fstat(raw.fileno()).st_size, local=True)
 
@@ -428,7 +277,7 @@ def read_bytes(path: str) -> bytes:
     """
     if is_url(path):
         _note_use(path)
-        with _as_os_errors(path), _gfile().GFile(path, "rb") as file:
+        with remote.as_os_errors(path), remote.tf_gfile().GFile(path, "rb") as file:
             data = file.read()
         _count(len(data))
         return data
@@ -445,8 +294,8 @@ def makedirs(path: str) -> None:
     """Create a directory and its parents (nothing to do on object stores' prefixes)."""
     if is_url(path):
         _note_use(path)
-        with _as_os_errors(path):
-            _gfile().makedirs(path)
+        with remote.as_os_errors(path):
+            remote.tf_gfile().makedirs(path)
         return
     os.makedirs(_local(path), exist_ok=True)
 
@@ -455,14 +304,7 @@ def write_bytes(path: str, data: bytes) -> None:
     """Write a whole file (replacing it). On object stores the write is one PUT."""
     if is_url(path):
         _note_use(path)
-        with _as_os_errors(path):
-            if scheme_of(path) == "ram":
-                # TensorFlow 2.15's ram:// opens an existing file for writing without
-                # truncating it: the new bytes would follow the old ones.
-                with contextlib.suppress(_errors().NotFoundError):
-                    _gfile().remove(path)
-            with _gfile().GFile(path, "wb") as file:
-                file.write(data)
+        remote.write_bytes(path, data)
         return
     with open(_local(path), "wb") as file:
         file.write(data)
@@ -472,12 +314,7 @@ def remove(path: str) -> bool:
     """Delete a file; True if it existed."""
     if is_url(path):
         _note_use(path)
-        try:
-            with _as_os_errors(path):
-                _gfile().remove(path)
-        except FileNotFoundError:
-            return False
-        return True
+        return remote.remove(path)
     try:
         os.remove(_local(path))
     except FileNotFoundError:
@@ -489,8 +326,8 @@ def rmtree(path: str) -> None:
     """Delete a directory and everything under it; nothing if it does not exist."""
     if is_url(path):
         _note_use(path)
-        with contextlib.suppress(FileNotFoundError), _as_os_errors(path):
-            _gfile().rmtree(path)
+        with contextlib.suppress(FileNotFoundError), remote.as_os_errors(path):
+            remote.tf_gfile().rmtree(path)
         return
     shutil.rmtree(_local(path), ignore_errors=True)
 
@@ -520,13 +357,7 @@ def walk_files(path: str) -> Iterator[str]:
     """The files under a directory, as paths relative to it with ``/``, sorted."""
     if is_url(path):
         _note_use(path)
-        found = []
-        with _as_os_errors(path):
-            walked = list(_gfile().walk(path))
-        for root, _, names in walked:
-            relative = root[len(path) :].strip("/")
-            found.extend(posixpath.join(relative, name) if relative else name for name in names)
-        yield from sorted(found)
+        yield from remote.walk_files(path)
         return
     found = []
     base = _local(path)
@@ -549,13 +380,7 @@ def copy_tree_to_local(source: str, destination: str) -> None:
         return
     if not isdir(source):
         raise ValueError(f"{source!r} is not a directory.")
-    gfile = _gfile()
-    os.makedirs(destination, exist_ok=True)
-    for relative in walk_files(source):
-        target = os.path.join(destination, *relative.split("/"))
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        with _as_os_errors(source):
-            gfile.copy(posixpath.join(source, relative), target, overwrite=True)
+    remote.download(source, list(walk_files(source)), destination)
 
 
 def upload_tree(
@@ -577,16 +402,7 @@ def upload_tree(
         shutil.copytree(source, _local(destination))
         return
     _note_use(destination)
-    gfile = _gfile()
-    made: set[str] = set()
-    for relative in ordered:
-        target = posixpath.join(destination, relative)
-        with _as_os_errors(target):
-            parent = posixpath.dirname(target)
-            if parent not in made:
-                gfile.makedirs(parent)
-                made.add(parent)
-            gfile.copy(os.path.join(source, *relative.split("/")), target)
+    remote.upload(source, ordered, destination)
 
 
 # -- locks and exit -----------------------------------------------------------------------
