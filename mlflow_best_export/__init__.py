@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from mlflow_best_export._version import __version__
-from mlflow_best_export.history import EvalHistory, EvalRecord, HistoryReader, read_eval_history
+from mlflow_best_export.history import HistoryReader, read_eval_history
 from mlflow_best_export.ranking import loss_smaller, metric_bigger, metric_smaller
+from mlflow_best_export.records import EvalHistory, EvalRecord
 
 if TYPE_CHECKING:
     from mlflow_best_export.exporter import MLflowBestExporter

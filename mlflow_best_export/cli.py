@@ -16,7 +16,7 @@ from collections.abc import Callable
 import click
 
 from mlflow_best_export import fs
-from mlflow_best_export.history import EvalHistory
+from mlflow_best_export.records import EvalHistory
 
 logger = logging.getLogger(__name__)
 

@@ -22,21 +22,22 @@ import logging
 import math
 import operator
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mlflow_best_export import fs
 from mlflow_best_export.events import TAIL_SIZE, EventBatch, EventFileReader
+from mlflow_best_export.records import EvalHistory, EvalRecord
 
 if TYPE_CHECKING:
-    import pandas
+    pass
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EvalHistory", "EvalRecord", "HistoryReader", "read_eval_history"]
+__all__ = ["HistoryReader", "read_eval_history"]
 
 DEFAULT_EVENT_FILE_PATTERN = "eval/*.tfevents.*"
 CHECKPOINT_PATH_TAG = "checkpoint_path"
@@ -48,108 +49,6 @@ _HEAD_SIZE = 64
 _step_of = operator.itemgetter(0)  # of an EvalRecord
 # The key under which the time of a step's checkpoint_path is kept among its metrics'.
 _CHECKPOINT = object()
-
-
-class EvalRecord(NamedTuple):
-    """The result of evaluating one checkpoint (a named tuple: a full read makes one
-    per eval, at a fraction of a dataclass's cost).
-
-    Attributes:
-        step: the global step of the evaluated checkpoint.
-        wall_time: when the eval was written (seconds since the epoch); the
-            latest of the events merged into this record.
-        metrics: ``{name: value}`` of the eval; treat it as read-only.
-        checkpoint_path: the checkpoint that was evaluated, if the eval said so.
-    """
-
-    step: int
-    wall_time: float
-    metrics: Mapping[str, float]
-    checkpoint_path: str | None
-
-
-class EvalHistory:
-    """The eval records of a model directory, one per global step, ascending.
-
-    Args:
-        records: the records, in any order, at most one per step.
-
-    Raises:
-        ValueError: two records have the same step.
-    """
-
-    __slots__ = ("_records",)
-
-    def __init__(self, records: Iterable[EvalRecord] = ()) -> None:
-        ordered = sorted(records, key=_step_of)
-        for earlier, later in itertools.pairwise(ordered):
-            if earlier.step == later.step:
-                raise ValueError(f"Two eval records have the step {later.step}.")
-        self._records = ordered
-
-    @classmethod
-    def _from_sorted(cls, records: list[EvalRecord]) -> EvalHistory:
-        history = cls.__new__(cls)  # records known to be sorted and unique
-        history._records = records
-        return history
-
-    @property
-    def records(self) -> list[EvalRecord]:
-        """The records, ascending by step."""
-        return self._records
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    def __iter__(self) -> Iterator[EvalRecord]:
-        return iter(self._records)
-
-    def __bool__(self) -> bool:
-        return bool(self._records)
-
-    def __repr__(self) -> str:
-        if not self._records:
-            return "EvalHistory([])"
-        first, last = self._records[0].step, self._records[-1].step
-        return f"EvalHistory(<{len(self._records)} records, steps {first}..{last}>)"
-
-    def get(self, step: int) -> EvalRecord | None:
-        """The record of ``step``, or None if that step was not evaluated."""
-        index = bisect.bisect_left(self._records, step, key=_step_of)
-        if index < len(self._records) and self._records[index].step == step:
-            return self._records[index]
-        return None
-
-    def before(self, step: int) -> EvalHistory:
-        """A new history with the records of the steps before ``step``."""
-        index = bisect.bisect_left(self._records, step, key=_step_of)
-        return EvalHistory._from_sorted(self._records[:index])
-
-    def to_pandas(self) -> pandas.DataFrame:
-        """The history as a table, one row per step.
-
-        Returns:
-            A DataFrame with the columns ``step``, ``wall_time``,
-            ``checkpoint_path`` (None where unknown), then one float column per
-            metric, sorted by name, NaN where a record lacks the metric.
-        """
-        import pandas
-
-        records = self._records
-        keys = sorted({key for record in records for key in record.metrics})
-        columns = [
-            pandas.Series([r.step for r in records], dtype="int64"),
-            pandas.Series([r.wall_time for r in records], dtype="float64"),
-            pandas.Series([r.checkpoint_path for r in records], dtype=object),
-        ]
-        columns.extend(
-            pandas.Series([r.metrics.get(key, math.nan) for r in records], dtype="float64")
-            for key in keys
-        )
-        # Positional columns, so that a metric named like a fixed column is kept too.
-        frame = pandas.concat(columns, axis=1, ignore_index=True)
-        frame.columns = ["step", "wall_time", "checkpoint_path", *keys]
-        return frame
 
 
 @dataclass
@@ -192,7 +91,7 @@ class HistoryReader:
         # Per-key wall times of the steps whose keys were not all written at the record's
         # time: a float is the time of all metrics (the checkpoint path has the record's).
         self._times: dict[int, float | dict[object, float]] = {}
-        self._history = EvalHistory._from_sorted([])
+        self._history = EvalHistory.from_sorted([])
 
     @property
     def model_dir(self) -> str:
@@ -223,7 +122,7 @@ class HistoryReader:
                 for batch in self._read(path, status):
                     changed |= self._merge(batch)
         if changed:
-            self._history = EvalHistory._from_sorted(list(self._records))
+            self._history = EvalHistory.from_sorted(list(self._records))
         return self._history
 
     def _read(self, path: str, status: fs.FileStatus) -> Iterator[EventBatch]:
@@ -300,7 +199,7 @@ class HistoryReader:
         return True
 
     def _get(self, step: int) -> EvalRecord | None:
-        return EvalHistory._from_sorted(self._records).get(step)
+        return EvalHistory.from_sorted(self._records).get(step)
 
     def _merge_step(self, step: int, events: list[tuple]) -> None:
         """Merge events ``(wall_time, names, numbers, checkpoint path)`` into one step."""

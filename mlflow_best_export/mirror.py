@@ -18,9 +18,9 @@ from typing import Any
 
 from mlflow_best_export import fs, reconcile
 from mlflow_best_export.exports import Export
-from mlflow_best_export.history import EvalHistory, EvalRecord
 from mlflow_best_export.ranking import Comparison, Ranking
 from mlflow_best_export.reconcile import ProgressFn, SyncReport
+from mlflow_best_export.records import EvalHistory, EvalRecord
 from mlflow_best_export.registry import identity
 from mlflow_best_export.settings import MlflowSettings
 from mlflow_best_export.tracking import first_line, redact_text

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from mlflow_best_export.history import EvalHistory
 from mlflow_best_export.ranking import Comparison, Ranking
+from mlflow_best_export.records import EvalHistory
 
 
 def history_figure(

@@ -21,10 +21,11 @@ import os
 from mlflow_best_export import exports as exports_lib
 from mlflow_best_export import fs, staging
 from mlflow_best_export.exports import Export
-from mlflow_best_export.history import EvalHistory, HistoryReader
+from mlflow_best_export.history import HistoryReader
 from mlflow_best_export.keeper import Candidate, Keeper
 from mlflow_best_export.locks import ExportDirLock
 from mlflow_best_export.ranking import Comparison
+from mlflow_best_export.records import EvalHistory
 from mlflow_best_export.settings import MlflowSettings
 from mlflow_best_export.worker import BackgroundSync
 

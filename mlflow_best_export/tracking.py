@@ -18,7 +18,7 @@ from mlflow.entities import Metric, RunStatus
 from mlflow.tracking import MlflowClient
 
 from mlflow_best_export import fs
-from mlflow_best_export.history import EvalRecord
+from mlflow_best_export.records import EvalRecord
 from mlflow_best_export.tags import TAG_CREATED_RUN, TAG_EXPORTER, TAG_KEY, TAG_MODEL_DIR
 
 logger = logging.getLogger(__name__)

@@ -16,10 +16,10 @@ import weakref
 from collections.abc import Sequence
 
 from mlflow_best_export.exports import Export
-from mlflow_best_export.history import EvalHistory
 from mlflow_best_export.mirror import Mirror, Snapshot
 from mlflow_best_export.ranking import Comparison
 from mlflow_best_export.reconcile import SyncReport
+from mlflow_best_export.records import EvalHistory
 from mlflow_best_export.settings import MlflowSettings
 from mlflow_best_export.tracking import redact_text
 

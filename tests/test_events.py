@@ -461,7 +461,7 @@ def test_fuzz_mutated_payloads_with_valid_crcs(mixed_file, tmp_path):
 
     The CRCs are right, so the reader must decode whatever the bytes say: exactly what
     protobuf and tf.make_ndarray make of them, up to the first payload that is not an
-    Event. This is what keeps the canonical forms (``events._Wire``) honest: whatever
+    Event. This is what keeps the canonical forms (``wire._Wire``) honest: whatever
     they accept, protobuf must decode the same way.
     """
     tf = ef.tensorflow()
@@ -498,13 +498,13 @@ def test_fuzz_mutated_payloads_with_valid_crcs(mixed_file, tmp_path):
 
 def _canonical(path) -> list[bool]:
     """Per record: whether the numpy path decoded it (else protobuf did)."""
-    from mlflow_best_export import events
+    from mlflow_best_export import events, wire
 
     data = open(path, "rb").read()
-    buf = bytearray(data + bytes(events._PAD))
+    buf = bytearray(data + bytes(wire.PAD))
     frames = events._frame(buf, len(data))
     assert frames.used == len(data) and frames.damage is None
-    return events._Wire(buf, frames.used).decode(frames.starts, frames.stops)[0].tolist()
+    return wire._Wire(buf, frames.used).decode(frames.starts, frames.stops)[0].tolist()
 
 
 def test_the_canonical_forms_cover_what_tensorflows_writers_write(mixed_file):

@@ -14,7 +14,8 @@ import pytest
 
 from mlflow_best_export import read_eval_history
 from mlflow_best_export.events import EventFileReader
-from mlflow_best_export.history import EvalHistory, EvalRecord, HistoryReader
+from mlflow_best_export.history import HistoryReader
+from mlflow_best_export.records import EvalHistory, EvalRecord
 
 CKPT = "checkpoint_path"
 
