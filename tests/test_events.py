@@ -281,7 +281,7 @@ def test_mixed_file_matches_the_reference(mixed_file):
 def test_reading_at_every_cut_point_then_the_rest(mixed_file, tmp_path, caplog):
     data = open(mixed_file, "rb").read()
     spans = ef.record_spans(mixed_file)
-    full = as_full_tuples(read_events(mixed_file))
+    full = reference(mixed_file)  # summary_iterator's reading
     target = str(tmp_path / "growing.tfevents.1")
     rng = random.Random(7)
     cuts = sorted(rng.sample(range(len(data)), 150)) + [e for _, e in spans[:20]]
@@ -303,7 +303,7 @@ def test_reading_at_every_cut_point_then_the_rest(mixed_file, tmp_path, caplog):
 
 def test_start_offset_and_bounded_reads(mixed_file):
     spans = ef.record_spans(mixed_file)
-    full = as_full_tuples(read_events(mixed_file))
+    full = reference(mixed_file)  # summary_iterator's reading
     middle = spans[len(spans) // 2][0]
     later = EventFileReader(mixed_file, offset=middle).read()
     assert as_full_tuples(later) == full[len(full) - len(later) :]

@@ -17,8 +17,6 @@ from mlflow_checks import MlflowServer, check_mlflow, exporter_runs
 from proxy import FaultProxy
 
 from mlflow_best_export import MLflowBestExporter, loss_smaller, metric_bigger
-from mlflow_best_export.registry import find_versions
-from mlflow_best_export.tracking import exporter_key
 
 pytestmark = pytest.mark.slow
 
@@ -70,11 +68,18 @@ def test_two_exporters_sharing_a_registered_model_never_delete_each_others_versi
                  alias="best_loss", best_step=16)  # fmt: skip
     check_mlflow(model_dir, uri, registered_model_name="shared", name="by_score",
                  alias="best_score", best_step=16)  # fmt: skip
-    loss_versions = find_versions(client, "shared", exporter_key(model_dir, "by_loss"))
-    score_versions = find_versions(client, "shared", exporter_key(model_dir, "by_score"))
+
+    def versions_of(exporter_name):  # by the bookkeeping tag, read with MLflow's client
+        return [
+            v
+            for v in client.search_model_versions("name = 'shared'")
+            if json.loads(v.tags.get("mlflow_best_export", "{}")).get("exporter") == exporter_name
+        ]
+
+    loss_versions, score_versions = versions_of("by_loss"), versions_of("by_score")
     assert len(loss_versions) == 1 and len(score_versions) == 3
     live = {str(v.version) for v in client.search_model_versions("name = 'shared'")}
-    assert live == {str(foreign.version)} | {v.version for v in loss_versions + score_versions}
+    assert live == {str(foreign.version)} | {str(v.version) for v in loss_versions + score_versions}
     # Retention ran next door: versions were deleted (new bests at 2, 4, 8, 12 and 16; the
     # worker may skip a few that fell out before it got to them).
     assert max(int(v) for v in live) > len(live)

@@ -8,28 +8,49 @@ kill point that silently stopped firing, or fired somewhere harmless, fails.
 
 from __future__ import annotations
 
+import json
 import os
+from typing import NamedTuple
 
 import harness
 import pytest
 import tiny
+from mlflow.entities import LoggedModelStatus
 from mlflow.tracking import MlflowClient
 from mlflow_checks import exporter_runs, stored_model_ids
-
-from mlflow_best_export import read_eval_history
-from mlflow_best_export.registry import find_models, find_versions
-from mlflow_best_export.tracking import exporter_key
+from oracles import eval_records
 
 pytestmark = pytest.mark.slow
 
 
+class Model(NamedTuple):
+    model_id: str
+    ready: bool
+    export_dir: str
+
+
+class Version(NamedTuple):
+    version: str
+    export_dir: str
+
+
+def _export_dir(tags) -> str:
+    return json.loads(tags["mlflow_best_export"])["export_dir"]  # the bookkeeping tag
+
+
 def ours(trial):
-    """(client, this exporter's LoggedModels, its versions) as MLflow holds them now."""
+    """(client, the LoggedModels of the run's experiment, the versions of the registered
+    model) as MLflow's own client lists them: a trial has one exporter, so all are its."""
     client = MlflowClient(trial.uri)
     (run,) = exporter_runs(client, trial.model_dir)
-    key = exporter_key(trial.model_dir, "best_exporter")
-    models = find_models(client, run.info.experiment_id, key)
-    versions = find_versions(client, trial.registered_model_name, key)
+    models = [
+        Model(m.model_id, m.status == LoggedModelStatus.READY, _export_dir(m.tags))
+        for m in client.search_logged_models([run.info.experiment_id])
+    ]
+    versions = [
+        Version(str(v.version), _export_dir(v.tags))
+        for v in client.search_model_versions(f"name = '{trial.registered_model_name}'")
+    ]
     return client, models, versions
 
 
@@ -44,7 +65,7 @@ def version_step(client, trial, version):
 
 
 def left_before_export(trial):
-    assert read_eval_history(trial.model_dir).get(8) is not None  # evaluated...
+    assert 8 in {r["step"] for r in eval_records(trial.model_dir)}  # evaluated...
     assert 8 not in trial.kept_steps()  # ...never exported
 
 
