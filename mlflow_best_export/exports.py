@@ -350,10 +350,17 @@ def _retire_in_place(export_dir: str) -> None:
 def stage_export(local_dir: str, export_base: str, name: str) -> str:
     """Put an export written locally into ``export_base``; return its path there.
 
-    Locally this is the atomic rename TensorFlow does. Elsewhere the files
+    Locally it is copied to a ``temp-*`` directory and renamed, as TensorFlow
+    does when it exports. Elsewhere the files
     are copied with ``saved_model.pb`` last, so the export is complete (and
     listed) only once all of it is there.
     """
     destination = fs.join(export_base, name)
+    if fs.has_atomic_rename(export_base):
+        # A copy is not atomic: it goes to a temp-* directory (debris if killed).
+        temp = fs.join(export_base, f"{_TEMP_PREFIX}{name}")
+        fs.upload_tree(local_dir, temp)
+        fs.rename(temp, destination)
+        return destination
     fs.upload_tree(local_dir, destination, first=(METADATA_PATH,), last=SAVED_MODEL_FILES)
     return destination
