@@ -315,10 +315,12 @@ class MLflowBestExporter(tf.estimator.BestExporter):
 
         decision = self._keeper.decide(kept, earlier, candidate, recoverable)
         for lost in decision.unrecoverable:
-            _say_lost(session, lost, key)
+            session.report_unrecoverable(
+                lost, _describe(lost, key), f"its checkpoint {lost.source} is gone"
+            )
         best = decision.baseline
         for lost in decision.recover:
-            _say_lost(session, lost, key, recovered_from=found[lost.step])
+            _say_recovered(lost, key, found[lost.step])
             kept.append(
                 self._writer.write(estimator, session, lost, found[lost.step], recovered=True)
             )
@@ -378,28 +380,14 @@ class MLflowBestExporter(tf.estimator.BestExporter):
         return self._session
 
 
-def _say_lost(
-    session: ExportSession, lost: Candidate, key: str | None, recovered_from: str | None = None
-) -> None:
-    """Warn about a best that was never exported: each time it is recovered, or once if
-    it cannot be."""
-    if recovered_from is not None:
-        logger.warning(
-            "The eval at step %d (%s) beat every kept export but was never exported "
-            "(the process stopped first); exporting it now from %s.",
-            lost.step,
-            _describe(lost, key),
-            recovered_from,
-        )
-    elif lost.step not in session.warned:
-        session.warned.add(lost.step)
-        logger.warning(
-            "The eval at step %d (%s) beat every kept export but was never exported, and "
-            "its checkpoint %s is gone; it cannot be recovered.",
-            lost.step,
-            _describe(lost, key),
-            lost.source,
-        )
+def _say_recovered(lost: Candidate, key: str | None, recovered_from: str | None) -> None:
+    logger.warning(
+        "The eval at step %d (%s) beat every kept export but was never exported "
+        "(the process stopped first); exporting it now from %s.",
+        lost.step,
+        _describe(lost, key),
+        recovered_from,
+    )
 
 
 def _describe(candidate: Candidate | None, key: str | None) -> str:

@@ -148,16 +148,10 @@ class MLflowBestCheckpoint(tf.keras.callbacks.Callback):
         candidate = Candidate(step, metrics, time.time())
         # A lost best cannot be recovered: Keras keeps no weights of earlier epochs.
         decision = self._keeper.decide(kept, earlier, candidate, lambda c: False)
+        key = self.comparison.key
         for lost in decision.unrecoverable:
-            if lost.step not in session.warned:
-                session.warned.add(lost.step)
-                logger.warning(
-                    "Step %d (%s=%s) beat every kept export but was never exported (the "
-                    "process stopped first); its weights are gone.",
-                    lost.step,
-                    self.comparison.key,
-                    lost.metrics.get(self.comparison.key),
-                )
+            described = f"{key}={lost.metrics.get(key)}"
+            session.report_unrecoverable(lost, described, "Keras keeps no earlier weights")
         if decision.export:
             kept.append(self._save(session, step, metrics))
         elif _distributed(self.model):

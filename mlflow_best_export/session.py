@@ -10,13 +10,14 @@ directory, and releases when it is closed or moves to another one:
   is never given twice);
 - retention on disk, then the MLflow worker, handed the kept exports.
 
-It imports neither TensorFlow nor MLflow (the worker loads MLflow on its thread).
+It imports neither TensorFlow nor MLflow; the MLflow worker is loaded when it is needed.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING
 
 from mlflow_best_export import exports as exports_lib
 from mlflow_best_export import fs, staging
@@ -27,7 +28,9 @@ from mlflow_best_export.locks import ExportDirLock
 from mlflow_best_export.ranking import Comparison
 from mlflow_best_export.records import EvalHistory
 from mlflow_best_export.settings import MlflowSettings
-from mlflow_best_export.worker import BackgroundSync
+
+if TYPE_CHECKING:
+    from mlflow_best_export.worker import BackgroundSync
 
 logger = logging.getLogger(__name__)
 
@@ -69,9 +72,11 @@ class ExportSession:
         self._history = HistoryReader(model_dir, event_file_pattern) if event_file_pattern else None
         self._export_steps: dict[str, int | None] = {}
         self._newest_name = 0  # the highest export name seen or used
-        self.warned: set[int] = set()  # steps whose loss was reported
+        self._reported: set[int] = set()  # steps reported lost for good
         self.sync: BackgroundSync | None = None
         if mlflow is not None:
+            from mlflow_best_export.worker import BackgroundSync  # loads MLflow
+
             comparison = keeper.compare_fn if isinstance(keeper.compare_fn, Comparison) else None
             self.sync = BackgroundSync.start(
                 mlflow,
@@ -107,6 +112,19 @@ class ExportSession:
         version = int(fs.split(written)[1])
         self._newest_name = max(self._newest_name, version)
         return candidate_of(exports_lib.export_from_metadata(written, version, metadata))
+
+    def report_unrecoverable(self, lost: Candidate, described: str, why: str) -> None:
+        """Warn, once per step, about a best that was never exported and cannot be now."""
+        if lost.step in self._reported:
+            return
+        self._reported.add(lost.step)
+        logger.warning(
+            "The eval at step %d (%s) beat every kept export but was never exported, and %s; "
+            "it cannot be recovered.",
+            lost.step,
+            described,
+            why,
+        )
 
     def retire(
         self, history: EvalHistory, kept: list[Candidate], *, final: bool = False

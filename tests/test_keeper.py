@@ -284,3 +284,24 @@ def test_exports_lost_to_crashes_end_as_the_n_best_of_an_uninterrupted_run(losse
     kept += list(final.recover)
     kept = [x for x in kept if id(x) not in {id(y) for y in keeper.retire(kept)}]
     assert sorted(steps(kept)) == _chain_oracle(losses)[-n:]
+
+
+def test_a_lost_best_is_reported_once_per_bound_directory(tmp_path, caplog):
+    from mlflow_best_export.session import ExportSession
+
+    session = ExportSession(
+        model_dir=str(tmp_path),
+        export_base=str(tmp_path / "export" / "best_exporter"),
+        exporter_name="best_exporter",
+        event_file_pattern=None,
+        keeper=Keeper(),
+        mlflow=None,
+    )
+    try:
+        lost = Candidate(40, {"loss": 0.5}, 0.0)
+        for _ in range(3):
+            session.report_unrecoverable(lost, "loss=0.5", "its checkpoint /m/ckpt-40 is gone")
+    finally:
+        session.close()
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "step 40 (loss=0.5)" in warned[0] and "ckpt-40 is gone" in warned[0]
