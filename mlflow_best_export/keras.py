@@ -114,6 +114,10 @@ class MLflowBestCheckpoint(tf.keras.callbacks.Callback):
             self._consider(self._batches, logs or {})
 
     def on_train_end(self, logs: Mapping[str, Any] | None = None) -> None:
+        session = self._session
+        if session is not None:  # the final state: MLflow catches up, the run is finished
+            history = session.history()
+            session.retire(history, session.kept(history), final=True)
         self.close()
 
     def flush(self, timeout: float | None = None) -> bool:

@@ -100,6 +100,7 @@ def check_mlflow(uri: str, directory: str, logs, by_epoch, want: list[int]) -> N
     best = client.get_model_version_by_alias(MODEL, "best")
     assert epochs[[v.version for v in versions].index(best.version)] == min(want, key=logs.get)
     (run,) = exporter_runs(client, directory)
+    assert run.info.status == "FINISHED"
     history = client.get_metric_history(run.info.run_id, "val_loss")
     assert sorted(m.step for m in history) == sorted(logs)
     assert {m.step: m.value for m in history} == pytest.approx(logs, rel=1e-6)
