@@ -21,6 +21,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import requests
 import tensorflow as tf
 from conftest import TESTS, free_port, subprocess_env
 from mlflow.tracking import MlflowClient
@@ -312,3 +313,23 @@ def test_example_script_twice_on_the_embedded_store(tmp_path):
     assert client.get_model_version_by_alias("keras-example", "best").version in {
         v.version for v in versions
     }
+
+
+def test_models_serve_answers_like_model_predict(tmp_path, serve):
+    """`mlflow models serve -m models:/NAME@best`: a JSON frame of the input columns in."""
+    directory, oracle = str(tmp_path / "run"), str(tmp_path / "oracle")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    options = json.dumps({"tracking_uri": uri, "registered_model_name": MODEL})
+    done = run_fit("--directory", directory, "--oracle-dir", oracle, "--epochs", "3",
+                   "--mlflow", options)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    logs = keras_fit.oracle_logs(oracle)
+    model = keras_fit.build_model()
+    model.load_weights(os.path.join(oracle, f"epoch-{min(logs, key=logs.get)}.weights.h5"))
+    rows = keras_fit.probe(8)
+    url = serve(f"models:/{MODEL}@best", uri)
+    records = [{k: float(v[i, 0]) for k, v in rows.items()} for i in range(8)]
+    response = requests.post(f"{url}/invocations", json={"dataframe_records": records}, timeout=60)
+    assert response.status_code == 200, response.text
+    got = pd.DataFrame(response.json()["predictions"]).to_numpy(dtype=float).ravel()
+    np.testing.assert_allclose(got, model.predict(rows, verbose=0).ravel(), rtol=1e-5, atol=1e-6)
