@@ -25,7 +25,6 @@ from mlflow_best_export.exports import Export
 from mlflow_best_export.history import HistoryReader
 from mlflow_best_export.keeper import Candidate, Keeper
 from mlflow_best_export.locks import ExportDirLock
-from mlflow_best_export.ranking import Comparison
 from mlflow_best_export.records import EvalHistory
 from mlflow_best_export.settings import MlflowSettings
 
@@ -67,24 +66,29 @@ class ExportSession:
         self.keeper = keeper
         self.lock = ExportDirLock(export_base)
         self.lock.acquire()
-        exports_lib.remove_stale_temps(export_base)
-        staging.sweep_once()  # what a killed predecessor staged locally
-        self._history = HistoryReader(model_dir, event_file_pattern) if event_file_pattern else None
+        try:
+            exports_lib.remove_stale_temps(export_base)
+            staging.sweep_once()  # what a killed predecessor staged locally
+            self._history = (
+                HistoryReader(model_dir, event_file_pattern) if event_file_pattern else None
+            )
+            self.sync: BackgroundSync | None = None
+            if mlflow is not None:
+                from mlflow_best_export.worker import BackgroundSync  # loads MLflow
+
+                self.sync = BackgroundSync.start(
+                    mlflow,
+                    model_dir=model_dir,
+                    export_base=export_base,
+                    exporter_name=exporter_name,
+                    comparison=keeper.ranking.comparison,
+                )
+        except BaseException:
+            self.lock.release()  # a failed bind must not lock this process out of its directory
+            raise
         self._export_steps: dict[str, int | None] = {}
         self._newest_name = 0  # the highest export name seen or used
         self._reported: set[int] = set()  # steps reported lost for good
-        self.sync: BackgroundSync | None = None
-        if mlflow is not None:
-            from mlflow_best_export.worker import BackgroundSync  # loads MLflow
-
-            comparison = keeper.compare_fn if isinstance(keeper.compare_fn, Comparison) else None
-            self.sync = BackgroundSync.start(
-                mlflow,
-                model_dir=model_dir,
-                export_base=export_base,
-                exporter_name=exporter_name,
-                comparison=comparison,
-            )
 
     def history(self) -> EvalHistory:
         """The eval history so far (only the bytes appended since the last call are read)."""
