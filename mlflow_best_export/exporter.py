@@ -37,7 +37,7 @@ def _candidate(
     if not isinstance(eval_result, Mapping):
         raise ValueError(f"`eval_result` must be a dict of metrics, got {eval_result!r}.")
     metrics = exports_lib.plain_metrics(eval_result)
-    ranked_by.require(metrics)
+    ranked_by.require(metrics, shown=eval_result)
     step = _candidate_step(eval_result, checkpoint_path)
     return Candidate(step, metrics, time.time(), source=checkpoint_path)
 

@@ -278,10 +278,20 @@ class Ranking:
         """The compared metric, or None for a user function."""
         return self.comparison.key if self.comparison else None
 
-    def require(self, metrics: Mapping[str, Any], which: str = "The eval result") -> None:
-        """Raise the error that says how to fix it when ``metrics`` lacks the compared key."""
+    def require(
+        self,
+        metrics: Mapping[str, Any],
+        which: str = "The eval result",
+        shown: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Raise the error that says how to fix it when ``metrics`` lacks the compared key.
+
+        Args:
+          shown: whose keys the message lists (default: ``metrics``'), e.g. the whole eval
+            result that ``metrics`` were taken from.
+        """
         if self.key is not None and self.key not in metrics:
-            raise _missing_key(self.key, metrics, which)
+            raise _missing_key(self.key, metrics if shown is None else shown, which)
 
     def comparable(self, metrics: Mapping[str, Any]) -> bool:
         """True when ``metrics`` can take part in a ranking (it has the compared key)."""
