@@ -305,3 +305,27 @@ def test_a_lost_best_is_reported_once_per_bound_directory(tmp_path, caplog):
         session.close()
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warned) == 1 and "step 40 (loss=0.5)" in warned[0] and "ckpt-40 is gone" in warned[0]
+
+
+def test_a_bind_that_fails_releases_the_directory(tmp_path, monkeypatch):
+    from mlflow_best_export import exports
+    from mlflow_best_export.session import ExportSession
+
+    def bind():
+        return ExportSession(
+            model_dir=str(tmp_path),
+            export_base=str(tmp_path / "export" / "best_exporter"),
+            exporter_name="best_exporter",
+            event_file_pattern=None,
+            keeper=Keeper(),
+            mlflow=None,
+        )
+
+    def unreadable(export_base):  # a fault a test cannot cause for real on a local disk
+        raise PermissionError(13, "Permission denied", export_base)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(exports, "remove_stale_temps", unreadable)
+        with pytest.raises(PermissionError):
+            bind()
+    bind().close()  # raises ExportDirLockedError if the failed bind kept the lock

@@ -291,3 +291,22 @@ def test_outage_of_a_real_server_is_caught_up(tmp_path, monkeypatch, caplog, mlf
             mlflow.set_tracking_uri(None)
     finally:
         server.stop()
+
+
+def test_tensorflows_own_default_compare_fn_is_known_to_the_mirror(tmp_path, uri):
+    """compare_fn=tf.estimator's own _loss_smaller ranks by loss, and the registry says so:
+    each version's description marks loss as the compared metric."""
+    from tensorflow_estimator.python.estimator import exporter as tf_exporter
+
+    model_dir = str(tmp_path / "model")
+    exporter = make_exporter(
+        uri, compare_fn=tf_exporter._loss_smaller, registered_model_name="tiny", exports_to_keep=2
+    )
+    tiny.train(model_dir, exporter, LOSSES)
+    exporter.close()
+    client = MlflowClient(uri)
+    versions = client.search_model_versions("name = 'tiny'")
+    assert len(versions) == 2
+    for version in versions:
+        description = client.get_model_version("tiny", version.version).description
+        assert "| loss (compared) |" in description, description
