@@ -50,18 +50,6 @@ class Plan:
     models: tuple[ModelEntry, ...] = ()
     versions: tuple[VersionEntry, ...] | None = None
 
-    @property
-    def empty(self) -> bool:
-        """True when nothing needs to change."""
-        return not (
-            self.delete_unready
-            or self.log
-            or self.register
-            or self.alias_to
-            or self.delete_versions
-            or self.delete_models
-        )
-
 
 def plan(
     kept: Sequence[Export],
