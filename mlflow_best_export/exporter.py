@@ -295,7 +295,7 @@ class MLflowBestExporter(tf.estimator.BestExporter):
           ExportDirLockedError: if another process is exporting to the same
             directory.
         """
-        checkpoint_path = _absolute(os.fsdecode(checkpoint_path)) if checkpoint_path else None
+        checkpoint_path = fs.absolute(os.fsdecode(checkpoint_path)) if checkpoint_path else None
         model_dir = os.fsdecode(estimator.model_dir)
         session = self._bind(model_dir, os.fsdecode(export_path))
         key = self._keeper.ranking.key
@@ -396,9 +396,3 @@ def _describe(candidate: Candidate | None, key: str | None) -> str:
     if key is not None and key in candidate.metrics:
         return f"{key}={candidate.metrics[key]:.6g}"
     return ", ".join(f"{k}={v:.6g}" for k, v in sorted(candidate.metrics.items()))
-
-
-def _absolute(path: str) -> str:
-    """A local path made absolute (the metadata and MLflow tags outlive the working
-    directory); a URL such as ``gs://...`` is kept as it is."""
-    return path if "://" in path else os.path.abspath(path)

@@ -112,6 +112,12 @@ def join(base: str, *parts: str) -> str:
     return os.path.join(base, *parts)
 
 
+def absolute(path: str) -> str:
+    """A local path made absolute (metadata and MLflow tags outlive the working
+    directory); a URL such as ``gs://...`` is kept as it is."""
+    return path if "://" in path else os.path.abspath(path)
+
+
 def split(path: str) -> tuple[str, str]:
     """``(directory, name)`` of a path, for URLs too."""
     return posixpath.split(path) if is_url(path) else os.path.split(path)

@@ -74,7 +74,7 @@ class MLflowBestCheckpoint(tf.keras.callbacks.Callback):
         super().__init__()
         if not isinstance(directory, str | os.PathLike) or not os.fspath(directory).strip():
             raise ValueError(f"`directory` must be a path or URL, got {directory!r}.")
-        self.directory = _absolute(os.fspath(directory))
+        self.directory = fs.absolute(os.fspath(directory))
         fs.check_filesystem(self.directory)
         if mode not in ("min", "max", "auto"):
             raise ValueError(f"`mode` must be 'min', 'max' or 'auto', got {mode!r}.")
@@ -203,7 +203,3 @@ def _distributed(model: tf.keras.Model) -> bool:
 
 def _is_chief(model: tf.keras.Model) -> bool:
     return bool(model.distribute_strategy.extended.should_checkpoint)
-
-
-def _absolute(path: str) -> str:
-    return path if "://" in path else os.path.abspath(path)
