@@ -286,17 +286,22 @@ def test_exports_lost_to_crashes_end_as_the_n_best_of_an_uninterrupted_run(losse
     assert sorted(steps(kept)) == _chain_oracle(losses)[-n:]
 
 
-def test_a_lost_best_is_reported_once_per_bound_directory(tmp_path, caplog):
+def bind(model_dir):
+    """An ExportSession on ``model_dir`` without history or MLflow."""
     from mlflow_best_export.session import ExportSession
 
-    session = ExportSession(
-        model_dir=str(tmp_path),
-        export_base=str(tmp_path / "export" / "best_exporter"),
+    return ExportSession(
+        model_dir=str(model_dir),
+        export_base=str(model_dir / "export" / "best_exporter"),
         exporter_name="best_exporter",
         event_file_pattern=None,
         keeper=Keeper(),
         mlflow=None,
     )
+
+
+def test_a_lost_best_is_reported_once_per_bound_directory(tmp_path, caplog):
+    session = bind(tmp_path)
     try:
         lost = Candidate(40, {"loss": 0.5}, 0.0)
         for _ in range(3):
@@ -309,17 +314,6 @@ def test_a_lost_best_is_reported_once_per_bound_directory(tmp_path, caplog):
 
 def test_a_bind_that_fails_releases_the_directory(tmp_path, monkeypatch):
     from mlflow_best_export import exports
-    from mlflow_best_export.session import ExportSession
-
-    def bind():
-        return ExportSession(
-            model_dir=str(tmp_path),
-            export_base=str(tmp_path / "export" / "best_exporter"),
-            exporter_name="best_exporter",
-            event_file_pattern=None,
-            keeper=Keeper(),
-            mlflow=None,
-        )
 
     def unreadable(export_base):  # a fault a test cannot cause for real on a local disk
         raise PermissionError(13, "Permission denied", export_base)
@@ -327,5 +321,5 @@ def test_a_bind_that_fails_releases_the_directory(tmp_path, monkeypatch):
     with monkeypatch.context() as patch:
         patch.setattr(exports, "remove_stale_temps", unreadable)
         with pytest.raises(PermissionError):
-            bind()
-    bind().close()  # raises ExportDirLockedError if the failed bind kept the lock
+            bind(tmp_path)
+    bind(tmp_path).close()  # raises ExportDirLockedError if the failed bind kept the lock
