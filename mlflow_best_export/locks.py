@@ -24,7 +24,8 @@ logger = logging.getLogger(__name__)
 
 
 class ExportDirLockedError(RuntimeError):
-    """Another process is exporting to the same export directory."""
+    """Another exporter (another process, or another in this one) is exporting to the
+    same export directory."""
 
 
 #: Seconds a remote lock stays valid without renewal (the holder renews it every third).
@@ -198,6 +199,12 @@ class ExportDirLock:
         self._owner = None
 
     def _refuse(self, holder: str) -> None:
+        if holder.startswith(f"pid {os.getpid()} on {socket.gethostname()},"):
+            raise ExportDirLockedError(
+                f"Another exporter in this process ({holder}) is exporting to "
+                f"{self._export_base}. Two exporters must not share an export directory: give "
+                f"this one another `name`, or close() the other one first."
+            ) from None
         raise ExportDirLockedError(
             f"Another process ({holder}) is exporting to {self._export_base}. Two exporters "
             f"must not share an export directory: give this one another `name`, or stop the "

@@ -470,7 +470,7 @@ def test_second_exporter_on_the_same_directory_is_refused(trained, tmp_path):
     first = make_exporter()
     second = make_exporter()
     assert_exported(call_export(first, estimator, checkpoint, {"loss": 1.0, "global_step": 2}))
-    with pytest.raises(ExportDirLockedError, match="Another process .*pid"):
+    with pytest.raises(ExportDirLockedError, match="Another exporter in this process .*pid"):
         call_export(second, estimator, checkpoint, {"loss": 0.5, "global_step": 2})
     first.close()
     assert_exported(call_export(second, estimator, checkpoint, {"loss": 0.5, "global_step": 2}))

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import sys
 import time
 import uuid
 
@@ -187,12 +189,34 @@ def test_a_second_exporter_is_refused_and_named(model_dir):
     holder = ExportDirLock(base, lease_seconds=1.5)
     holder.acquire()
     try:
-        with pytest.raises(ExportDirLockedError, match=rf"pid {os.getpid()} on "):
+        with pytest.raises(ExportDirLockedError, match=rf"in this process \(pid {os.getpid()} on "):
             ExportDirLock(base, lease_seconds=1.5).acquire()
     finally:
         holder.release()
     again = ExportDirLock(base, lease_seconds=1.5)
     again.acquire()
+    again.release()
+
+
+def test_a_lock_held_by_another_process_names_that_process(tmp_path):
+    base = str(tmp_path / "export" / "best_exporter")
+    hold = (
+        "import sys, time\n"
+        "from mlflow_best_export.locks import ExportDirLock\n"
+        "ExportDirLock(sys.argv[1]).acquire()\n"
+        "print('LOCKED', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", hold, base], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "LOCKED"
+        with pytest.raises(ExportDirLockedError, match=rf"^Another process \(pid {holder.pid} on "):
+            ExportDirLock(base).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    again = ExportDirLock(base)
+    again.acquire()  # the kernel released the dead holder's flock
     again.release()
 
 
