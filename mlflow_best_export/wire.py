@@ -13,7 +13,6 @@ the records and gives the values their roles.
 
 from __future__ import annotations
 
-import operator
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -145,8 +144,6 @@ _TENSOR = ((0x08, _VARINT), (0x12, _BYTES), (0x22, _BYTES), (0x42, _BYTES))
 _IMAGE = ((0x08, _VARINT), (0x10, _VARINT), (0x18, _VARINT), (0x22, _BYTES))
 _METADATA = ((0x0A, _BYTES), (0x20, _VARINT))  # plugin_data, data_class
 _PLUGIN_DATA = ((0x0A, _BYTES), (0x12, _BYTES))  # plugin_name, content
-#: A ``string_val`` (protobuf ``bytes``) as text, invalid UTF-8 replaced.
-_TEXT = operator.methodcaller("decode", "utf-8", "replace")
 
 
 class _Wire:
@@ -316,12 +313,13 @@ class _Wire:
             numeric |= where
         string = (dtype == types_pb2.DT_STRING) & text & ~content
         ok &= numeric | string
-        raw = map(self.buf.__getitem__, map(slice, *(s[string].tolist() for s in text_span)))
+        buf, spans = self.buf, zip(*(s[string].tolist() for s in text_span), strict=True)
+        decoded = [buf[a:b].decode("utf-8", "replace") for a, b in spans]
         if string.all():  # the Estimator's checkpoint paths
-            texts = list(map(_TEXT, raw))
+            texts = decoded
         else:
             found = np.full(len(start), None, object)
-            found[string] = _objects(map(_TEXT, raw))
+            found[string] = _objects(decoded)
             texts = found.tolist()
         return ok, np.where(string, K_STRING, K_NUMBER), number, texts
 
@@ -444,6 +442,7 @@ def _classify(value: summary_pb2.Summary.Value) -> tuple[str, int, str, float | 
     if tensor.dtype == types_pb2.DT_STRING:
         if len(tensor.string_val) > 1:
             return tag, K_TENSOR, plugin, 0.0
-        return tag, K_STRING, plugin, _TEXT(tensor.string_val[0] if tensor.string_val else b"")
+        text = tensor.string_val[0] if tensor.string_val else b""
+        return tag, K_STRING, plugin, text.decode("utf-8", "replace")
     number = _number(tensor)
     return (tag, K_TENSOR, plugin, 0.0) if number is None else (tag, K_NUMBER, plugin, number)

@@ -227,9 +227,11 @@ def test_polls_read_only_what_was_appended(tmp_path, monkeypatch, caplog):
     assert [r.step for r in second] == list(range(1, 21))
     assert [r.checkpoint_path for r in second][:5] == ["ck-1", "ck-2", "ck-3", "ck-4", "ck-5"]
     assert len(first) == 10  # unchanged
-    # Everything.
+    # Everything: only the bytes after the last poll are read (what was read is still there).
+    calls.clear()
     target.write_bytes(data)
     assert without_time(reader.poll()) == oracle_rows(source_dir)
+    assert calls == [(target.name, cut, len(data))]
     # A new file is picked up; the first is not read again.
     calls.clear()
     write(model_dir, [ef.event(99, 999.0, {"loss": 0.01})], suffix=".new")
