@@ -88,9 +88,10 @@ class HistoryReader:
     def _reset(self) -> None:
         self._files: dict[str, _TrackedFile] = {}
         self._records: list[EvalRecord] = []  # ascending; copied into each returned history
-        # Per-key wall times of the steps whose keys were not all written at the record's
-        # time: a float is the time of all metrics (the checkpoint path has the record's).
-        self._times: dict[int, float | dict[object, float]] = {}
+        # When each record's keys were written, for merging its step again: a float is
+        # the time of all its metrics (its checkpoint path has the record's); a dict has
+        # the time of each key.
+        self._key_times: list[float | dict[object, float]] = []
         self._history = EvalHistory.from_sorted([])
 
     @property
@@ -191,11 +192,14 @@ class HistoryReader:
                 self._merge_step(step, group)
         if regular.any():
             records, times = events.build(np.flatnonzero(regular))
-            self._times.update(times)
             if not self._records or records[0].step > self._records[-1].step:
                 self._records.extend(records)
+                self._key_times.extend(times)
             else:
-                self._records = sorted(self._records + records, key=_step_of)
+                pairs = zip(self._records + records, self._key_times + times, strict=True)
+                self._records, self._key_times = map(
+                    list, zip(*sorted(pairs, key=lambda pair: pair[0].step), strict=True)
+                )
         return True
 
     def _get(self, step: int) -> EvalRecord | None:
@@ -203,9 +207,11 @@ class HistoryReader:
 
     def _merge_step(self, step: int, events: list[tuple]) -> None:
         """Merge events ``(wall_time, names, numbers, checkpoint path)`` into one step."""
-        old = self._get(step)
+        index = bisect.bisect_left(self._records, step, key=_step_of)
+        found = index < len(self._records) and self._records[index].step == step
+        old = self._records[index] if found else None
         metrics = dict(old.metrics) if old is not None else {}
-        times = self._times_of(old)
+        times = _times_of(old, self._key_times[index]) if old is not None else {}
         checkpoint, wall_time = (old.checkpoint_path, old.wall_time) if old else (None, -math.inf)
         for wall, names, numbers, path in events:
             for name, number in zip(names, numbers, strict=True):
@@ -215,27 +221,22 @@ class HistoryReader:
                 checkpoint, times[_CHECKPOINT] = path, wall
             wall_time = max(wall_time, wall)
         record = EvalRecord(step, wall_time, metrics, checkpoint)
-        if all(t == wall_time for t in times.values()):
-            self._times.pop(step, None)
-        else:
-            self._times[step] = times
-        index = bisect.bisect_left(self._records, step, key=_step_of)
+        kept = wall_time if all(t == wall_time for t in times.values()) else times
         if old is None:
             self._records.insert(index, record)
+            self._key_times.insert(index, kept)
         else:
-            self._records[index] = record
+            self._records[index], self._key_times[index] = record, kept
 
-    def _times_of(self, record: EvalRecord | None) -> dict[object, float]:
-        """The wall time of each key of a record (a new dict)."""
-        if record is None:
-            return {}
-        kept = self._times.get(record.step)
-        if isinstance(kept, dict):
-            return dict(kept)
-        times: dict[object, float] = dict.fromkeys(record.metrics, kept or record.wall_time)
-        if record.checkpoint_path is not None:
-            times[_CHECKPOINT] = record.wall_time
-        return times
+
+def _times_of(record: EvalRecord, kept: float | dict[object, float]) -> dict[object, float]:
+    """The wall time of each key of a record (a new dict), from what was kept of it."""
+    if isinstance(kept, dict):
+        return dict(kept)
+    times: dict[object, float] = dict.fromkeys(record.metrics, kept)
+    if record.checkpoint_path is not None:
+        times[_CHECKPOINT] = record.wall_time
+    return times
 
 
 @dataclass
@@ -243,8 +244,9 @@ class _Events:
     """The events of a buffer that make records (scalars or a checkpoint path), by column.
 
     Event ``e`` has the scalars ``names[starts[e]:starts[e + 1]]`` (with ``numbers``
-    alike) and the checkpoint path ``paths.get(e)``; ``steps`` never descend
-    (``of`` sorts them if they do, keeping the read order within a step).
+    alike); checkpoint path ``j`` is ``path_texts[j]`` of event ``path_events[j]``
+    (ascending; an event's last one counts). ``steps`` never descend (``of`` sorts
+    them if they do, keeping the read order within a step).
     """
 
     wall_times: np.ndarray
@@ -252,17 +254,17 @@ class _Events:
     starts: np.ndarray
     names: list[str]
     numbers: list[float]
-    paths: dict[int, str]
+    path_events: np.ndarray
+    path_texts: list[str]
 
     @classmethod
     def of(cls, batch: EventBatch) -> _Events | None:
-        is_path = np.array(list(map(CHECKPOINT_PATH_TAG.__eq__, batch.text_tags)), bool)
-        chosen = batch.text_events[is_path]
-        texts = batch.texts if is_path.all() else itertools.compress(batch.texts, is_path)
-        paths = dict(zip(chosen.tolist(), texts, strict=True))
+        is_path = np.array([tag == CHECKPOINT_PATH_TAG for tag in batch.text_tags], bool)
+        path_events = batch.text_events[is_path]
+        texts = batch.texts if is_path.all() else list(itertools.compress(batch.texts, is_path))
         counts = np.diff(batch.starts)
         used = counts > 0
-        used[chosen] = True
+        used[path_events] = True
         order = np.flatnonzero(used)
         if not len(order):
             return None
@@ -270,7 +272,13 @@ class _Events:
             order = order[np.argsort(batch.steps[order], kind="stable")]
         if len(order) == len(used) and (np.diff(order) == 1).all():
             return cls(
-                batch.wall_times, batch.steps, batch.starts, batch.names, batch.numbers, paths
+                batch.wall_times,
+                batch.steps,
+                batch.starts,
+                batch.names,
+                batch.numbers,
+                path_events,
+                texts,
             )
         counts = counts[order]
         starts = np.concatenate(([0], np.cumsum(counts)))
@@ -279,13 +287,15 @@ class _Events:
         ).tolist()
         place = np.empty(len(used), np.int64)
         place[order] = np.arange(len(order))
+        moved = np.argsort(place[path_events], kind="stable")
         return cls(
             batch.wall_times[order],
             batch.steps[order],
             starts,
             list(map(batch.names.__getitem__, picked)),
             list(map(batch.numbers.__getitem__, picked)),
-            {int(place[e]): path for e, path in sorted(paths.items())},
+            place[path_events][moved],
+            [texts[j] for j in moved.tolist()],
         )
 
     def _bounds(self, events: np.ndarray) -> np.ndarray:
@@ -309,6 +319,7 @@ class _Events:
     def groups(self, events: np.ndarray) -> Iterator[tuple[int, list[tuple]]]:
         """``(step, [(wall_time, names, numbers, checkpoint path), ...])`` of ``events``."""
         walls, steps, starts = self.wall_times.tolist(), self.steps.tolist(), self.starts.tolist()
+        paths = dict(zip(self.path_events.tolist(), self.path_texts, strict=True))
         for step, group in itertools.groupby(events.tolist(), key=steps.__getitem__):
             yield (
                 step,
@@ -317,15 +328,15 @@ class _Events:
                         walls[e],
                         self.names[starts[e] : starts[e + 1]],
                         self.numbers[starts[e] : starts[e + 1]],
-                        self.paths.get(e),
+                        paths.get(e),
                     )
                     for e in group
                 ],
             )
 
-    def build(self, events: np.ndarray) -> tuple[list[EvalRecord], dict[int, float | dict]]:
-        """The records of ``events`` (new steps, in time order), and the per-key times of
-        those whose keys were not all written at the record's time.
+    def build(self, events: np.ndarray) -> tuple[list[EvalRecord], list[float | dict]]:
+        """The records of ``events`` (new steps, in time order), and when the keys of
+        each were written (see ``HistoryReader._key_times``).
 
         Each event wins over the ones before it: the metrics are one dict of the
         scalars in order, the checkpoint path the last one, the time the last event's.
@@ -342,17 +353,23 @@ class _Events:
         )
         metrics = list(map(dict, slices))
         walls = self.wall_times[lasts]
-        paths, path_times = np.full(len(firsts), None, object), walls.copy()
-        if self.paths:
-            keys = np.fromiter(self.paths, np.int64, len(self.paths))
+        paths: list[str | None] = [None] * len(firsts)
+        path_times = walls.copy()
+        if len(self.path_events):
+            keys = self.path_events
             at = np.minimum(np.searchsorted(events, keys), len(events) - 1)
-            inside = events[at] == keys
+            inside = np.flatnonzero(events[at] == keys)
             group = np.searchsorted(bounds, at[inside], side="right") - 1
             last = np.append(group[1:] != group[:-1], True)[: len(group)]  # a step's last path
-            paths[group[last]] = list(map(self.paths.__getitem__, keys[inside][last].tolist()))
-            path_times[group[last]] = self.wall_times[keys[inside][last]]
+            where, chosen = group[last], inside[last]
+            path_times[where] = self.wall_times[keys[chosen]]
+            if len(where) == len(paths) and chosen[-1] - chosen[0] == len(chosen) - 1:
+                paths = self.path_texts[chosen[0] : chosen[-1] + 1]  # one each, in order
+            else:
+                for g, j in zip(where.tolist(), chosen.tolist(), strict=True):
+                    paths[g] = self.path_texts[j]
         steps = self.steps[firsts]
-        rows = zip(steps.tolist(), walls.tolist(), metrics, paths.tolist(), strict=True)
+        rows = zip(steps.tolist(), walls.tolist(), metrics, paths, strict=True)
         records = list(map(tuple.__new__, itertools.repeat(EvalRecord), rows))
         # The metrics' times: the events are in time order, so the first scalar's is the
         # earliest. The Estimator's way -- its metrics, then its checkpoint path -- is one
@@ -362,16 +379,13 @@ class _Events:
         low = np.where(has, scalar_walls[begins], walls)
         high = np.where(has, scalar_walls[ends - 1], walls)
         together = (low == high) & (path_times == walls)
-        single = together & (low != walls)
-        times: dict[int, float | dict] = dict(
-            zip(steps[single].tolist(), low[single].tolist(), strict=True)
-        )
+        times: list[float | dict] = low.tolist()
         for g in np.flatnonzero(~together).tolist():
             part = slice(int(begins[g]), int(ends[g]))
             keyed = dict(zip(self.names[part], scalar_walls[part].tolist(), strict=True))
             if paths[g] is not None:
                 keyed[_CHECKPOINT] = float(path_times[g])
-            times[int(steps[g])] = keyed
+            times[g] = keyed
         return records, times
 
 
