@@ -318,19 +318,27 @@ class _Events:
 
     def groups(self, events: np.ndarray) -> Iterator[tuple[int, list[tuple]]]:
         """``(step, [(wall_time, names, numbers, checkpoint path), ...])`` of ``events``."""
-        walls, steps, starts = self.wall_times.tolist(), self.steps.tolist(), self.starts.tolist()
-        paths = dict(zip(self.path_events.tolist(), self.path_texts, strict=True))
-        for step, group in itertools.groupby(events.tolist(), key=steps.__getitem__):
+        known = np.append(self.path_events, -1)  # -1: none
+        path = np.searchsorted(self.path_events, events, side="right") - 1  # an event's last
+        has_path = known[path] == events
+        paths = [
+            self.path_texts[j] if has else None
+            for j, has in zip(path.tolist(), has_path.tolist(), strict=True)
+        ]
+        rows = zip(
+            self.steps[events].tolist(),
+            self.wall_times[events].tolist(),
+            self.starts[events].tolist(),
+            self.starts[events + 1].tolist(),
+            paths,
+            strict=True,
+        )
+        for step, group in itertools.groupby(rows, key=_step_of):
             yield (
                 step,
                 [
-                    (
-                        walls[e],
-                        self.names[starts[e] : starts[e + 1]],
-                        self.numbers[starts[e] : starts[e + 1]],
-                        paths.get(e),
-                    )
-                    for e in group
+                    (wall, self.names[begin:end], self.numbers[begin:end], path)
+                    for _, wall, begin, end, path in group
                 ],
             )
 
@@ -353,7 +361,7 @@ class _Events:
         )
         metrics = list(map(dict, slices))
         walls = self.wall_times[lasts]
-        paths: list[str | None] = [None] * len(firsts)
+        paths = np.full(len(firsts), None, object)
         path_times = walls.copy()
         if len(self.path_events):
             keys = self.path_events
@@ -363,13 +371,11 @@ class _Events:
             last = np.append(group[1:] != group[:-1], True)[: len(group)]  # a step's last path
             where, chosen = group[last], inside[last]
             path_times[where] = self.wall_times[keys[chosen]]
-            if len(where) == len(paths) and chosen[-1] - chosen[0] == len(chosen) - 1:
-                paths = self.path_texts[chosen[0] : chosen[-1] + 1]  # one each, in order
-            else:
-                for g, j in zip(where.tolist(), chosen.tolist(), strict=True):
-                    paths[g] = self.path_texts[j]
+            texts = np.empty(len(self.path_texts), object)
+            texts[:] = self.path_texts
+            paths[where] = texts[chosen]
         steps = self.steps[firsts]
-        rows = zip(steps.tolist(), walls.tolist(), metrics, paths, strict=True)
+        rows = zip(steps.tolist(), walls.tolist(), metrics, paths.tolist(), strict=True)
         records = list(map(tuple.__new__, itertools.repeat(EvalRecord), rows))
         # The metrics' times: the events are in time order, so the first scalar's is the
         # earliest. The Estimator's way -- its metrics, then its checkpoint path -- is one
