@@ -334,8 +334,8 @@ class _Wire:
 
         Each distinct string is decoded once: strings are grouped in a table of up
         to 2**16 slots by a hash of their length and first and last 8 bytes (all of
-        a string up to 16 bytes); one that differs from its slot's first string in
-        those, or in the bytes between, is decoded on its own.
+        a string up to 16 bytes); one that differs from the string standing for its
+        slot in those, or in the bytes between, is decoded on its own.
         """
         if not len(start):
             return np.zeros(0, object), np.ones(0, bool)
@@ -349,12 +349,13 @@ class _Wire:
         key = (head * np.uint64(0x9E3779B97F4A7C15)) ^ (tail * np.uint64(0xC2B2AE3D27D4EB4F))
         bits = min(16, max(4, 2 * len(key)).bit_length())
         slot = ((key ^ length.astype(np.uint64)) >> np.uint64(64 - bits)).astype(np.int64)
-        lead = np.empty(1 << bits, np.int64)
-        lead[slot] = np.arange(len(key))
-        used = np.bincount(slot, minlength=1 << bits) > 0
-        group = (np.cumsum(used) - 1)[slot]
-        leaders = lead[used]
-        leader = leaders[group]
+        lead, index = np.empty(1 << bits, np.int64), np.arange(len(key))
+        lead[slot] = index
+        leader = lead[slot]  # the string that stands for each slot
+        leaders = np.flatnonzero(leader == index)
+        group = np.empty(len(key), np.int64)
+        group[leaders] = np.arange(len(leaders))
+        group = group[leader]
         differs = (length != length[leader]) | (head != head[leader]) | (tail != tail[leader])
         long = np.flatnonzero((length > 16) & ~differs)
         for word in range(8, int(length.max(initial=0)) - 8, 8):  # the bytes in between
