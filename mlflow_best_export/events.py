@@ -85,7 +85,7 @@ class EventBatch(NamedTuple):
     names: list[str]
     numbers: list[float]
     text_events: np.ndarray  # int64, ascending
-    text_tags: list[str]
+    text_tags: np.ndarray  # of str
     texts: list[str]
 
     def events(self) -> list[ScalarEvent]:
@@ -269,10 +269,10 @@ def _frame(buf: bytearray, end: int) -> _Frames:
     """Find the whole records of ``buf[:end]`` and check both CRCs of each."""
     heads: list[int] = []
     append, unpack = heads.append, _LENGTH.unpack_from
-    pos, limit = 0, end - _HEADER
+    pos, limit, framing = 0, end - _HEADER, _HEADER + _FOOTER
     while pos <= limit:
         append(pos)
-        pos += unpack(buf, pos)[0] + _HEADER + _FOOTER
+        pos += unpack(buf, pos)[0] + framing
     incomplete = bool(heads) and pos > end  # only the last record can run past the end
     data = np.frombuffer(buf, np.uint8)  # the buffer has wire.PAD bytes after `end`
     u32 = np.ndarray((len(buf) - 3,), "<u4", data, strides=(1,))
@@ -395,7 +395,7 @@ class _Plugins:
             values.tags[kept].tolist(),
             values.numbers[kept].tolist(),
             (np.cumsum(has) - 1)[values.record[text]],
-            values.tags[text].tolist(),
+            values.tags[text],
             values.texts if len(chosen) == len(values.texts) else [values.texts[i] for i in chosen],
         )
 

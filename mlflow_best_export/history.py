@@ -259,7 +259,7 @@ class _Events:
 
     @classmethod
     def of(cls, batch: EventBatch) -> _Events | None:
-        is_path = np.array([tag == CHECKPOINT_PATH_TAG for tag in batch.text_tags], bool)
+        is_path = batch.text_tags == CHECKPOINT_PATH_TAG
         path_events = batch.text_events[is_path]
         texts = batch.texts if is_path.all() else list(itertools.compress(batch.texts, is_path))
         counts = np.diff(batch.starts)
