@@ -24,16 +24,13 @@ import operator
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import NamedTuple
 
 import numpy as np
 
 from mlflow_best_export import fs
 from mlflow_best_export.events import TAIL_SIZE, EventBatch, EventFileReader
 from mlflow_best_export.records import EvalHistory, EvalRecord
-
-if TYPE_CHECKING:
-    pass
 
 logger = logging.getLogger(__name__)
 
@@ -239,8 +236,7 @@ def _times_of(record: EvalRecord, kept: float | dict[object, float]) -> dict[obj
     return times
 
 
-@dataclass
-class _Events:
+class _Events(NamedTuple):
     """The events of a buffer that make records (scalars or a checkpoint path), by column.
 
     Event ``e`` has the scalars ``names[starts[e]:starts[e + 1]]`` (with ``numbers``

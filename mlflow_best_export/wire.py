@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from google.protobuf.message import DecodeError
@@ -27,8 +27,7 @@ PAD = 32
 K_OTHER, K_SIMPLE, K_NUMBER, K_STRING, K_TENSOR = range(5)  # what a Summary.Value holds
 
 
-@dataclass
-class Values:
+class Values(NamedTuple):
     """The values of a buffer's records, in file order.
 
     Value ``v`` belongs to record ``record[v]``, has the tag ``tags[v]``, the kind
@@ -109,8 +108,7 @@ def decode(buf: bytearray, size: int, starts: np.ndarray, stops: np.ndarray) -> 
             [texts[i] for i in by_place],
         )
     if damage is not None:
-        values = values.take(values.record < damage)
-        values.damage = damage
+        values = values.take(values.record < damage)._replace(damage=damage)
     return values
 
 
