@@ -196,8 +196,9 @@ class _Wire:
         """
         ok = np.ones(len(at), bool)
         found = {}
+        keys = self._key(at, end)  # the key each message is at (0: at its end)
         for key, kind in form:
-            has = (at < end) & (self.u8[at] == key)
+            has = keys == key
             # Only the messages that have the field are read (optional ones are rare).
             idx = None if has.all() else np.flatnonzero(has)
             if idx is not None and not len(idx):
@@ -209,27 +210,30 @@ class _Wire:
                 after = payload + (4 if kind == _F32 else 8)
                 bad = after > e
             else:
-                value, payload = self.varint(a + 1)
-                bad = (payload == a + 1) | (payload > e)
-                after = payload
+                value, stop = self.varint(a + 1)
                 if kind == _VARINT:
-                    payload = value
-                else:
-                    bad |= value > (e - np.minimum(payload, e)).astype(np.uint64)
-                    after = payload + np.minimum(value, 1 << 40).astype(np.int64)
+                    payload, after = value, stop
+                else:  # the value is the length of the bytes after it
+                    payload, after = stop, stop + np.minimum(value, 1 << 40).astype(np.int64)
+                bad = (stop == a + 1) | (after > e)  # a varint of over 10 bytes, or too long
             after = np.minimum(after, e)
             if kind == _BYTES:
                 payload = (np.minimum(payload, e), after)
             if idx is None:
                 ok &= ~bad
                 at = after
+                keys = self._key(at, end)
             else:
                 ok[idx[bad]] = False
-                at = at.copy()
-                at[idx] = after
+                at, keys = at.copy(), keys.copy()
+                at[idx], keys[idx] = after, self._key(after, e)
                 payload = _spread(payload, idx, at if kind == _BYTES else None, len(has))
             found[key] = (has, payload)
         return ok & (at == end), found
+
+    def _key(self, at: np.ndarray, end: np.ndarray) -> np.ndarray:
+        """The byte at each ``at`` before ``end``; 0 (no key) at ``end``."""
+        return np.where(at < end, self.u8[at], 0)
 
     def values(self, start: np.ndarray, stop: np.ndarray, ok: np.ndarray) -> tuple:
         """``(record, start, stop)`` of every Summary.Value, in record order (value j of
