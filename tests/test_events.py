@@ -507,6 +507,35 @@ def _canonical(path) -> list[bool]:
     return wire._Wire(buf, frames.used).decode(frames.starts, frames.stops)[0].tolist()
 
 
+def test_one_crc32c_pass_checks_the_data_of_a_whole_buffer(mixed_file):
+    """``_all_data_crcs_match`` checks every payload's CRC in one pass over the buffer.
+
+    A wrong restart constant would send every buffer to the one-call-per-record
+    fallback, which reads the same records: only this test sees it. The expected
+    CRCs are computed here, one ``crc32c`` call per payload found by TensorFlow.
+    """
+    import crc32c
+
+    from mlflow_best_export import events, wire
+
+    tf = ef.tensorflow()
+    data = open(mixed_file, "rb").read()
+    payloads = list(tf.compat.v1.io.tf_record_iterator(mixed_file))
+    buf = bytearray(data + bytes(wire.PAD))
+    frames = events._frame(buf, len(data))
+    starts, stops = frames.starts, frames.stops
+    assert [data[a:b] for a, b in zip(starts.tolist(), stops.tolist(), strict=True)] == payloads
+    crcs = np.array([crc32c.crc32c(p) for p in payloads], "u4")
+    before = bytes(buf)
+    assert events._all_data_crcs_match(buf, starts, stops, crcs)
+    assert bytes(buf) == before  # the footers and headers are put back
+    wrong = crcs.copy()
+    wrong[len(wrong) // 2] ^= 1
+    assert not events._all_data_crcs_match(buf, starts, stops, wrong)
+    buf[int(starts[-1])] ^= 0x40  # the last payload's first byte
+    assert not events._all_data_crcs_match(buf, starts, stops, crcs)
+
+
 def test_the_canonical_forms_cover_what_tensorflows_writers_write(mixed_file):
     """Only the file_version events and the graph's histograms go to protobuf.
 
