@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
@@ -424,3 +425,22 @@ def test_a_real_estimator_eval_dir(tmp_path):
     frame = history.to_pandas()
     assert frame["step"].tolist() == [2, 4, 6]
     assert list(frame.columns[:3]) == ["step", "wall_time", CKPT]
+
+
+def test_a_read_leaves_the_garbage_collector_as_it_found_it(tmp_path):
+    """The reader pauses the collector and moves its records to the oldest generation;
+    a collector someone disabled stays disabled, objects someone froze stay frozen."""
+    write(tmp_path, [ef.event(s, 100.0 + s, {"loss": 1 / s}) for s in range(1, 50)])
+    assert len(read_eval_history(tmp_path)) == 49 and gc.isenabled()
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        assert frozen > 0 and len(read_eval_history(tmp_path)) == 49
+        assert gc.get_freeze_count() == frozen and gc.isenabled()
+    finally:
+        gc.unfreeze()
+    gc.disable()
+    try:
+        assert len(read_eval_history(tmp_path)) == 49 and not gc.isenabled()
+    finally:
+        gc.enable()
