@@ -84,7 +84,10 @@ class HistoryReader:
 
     def _reset(self) -> None:
         self._files: dict[str, _TrackedFile] = {}
-        self._records: list[EvalRecord] = []  # ascending; copied into each returned history
+        # Ascending. Returned histories share it: the reader only appends to it once it
+        # was handed out, and copies it before it changes a record in it.
+        self._records: list[EvalRecord] = []
+        self._handed_out = False
         # When each record's keys were written, for merging its step again: a float is
         # the time of all its metrics (its checkpoint path has the record's); a dict has
         # the time of each key.
@@ -120,7 +123,8 @@ class HistoryReader:
                 for batch in self._read(path, status):
                     changed |= self._merge(batch)
         if changed:
-            self._history = EvalHistory.from_sorted(list(self._records))
+            self._history = EvalHistory.from_sorted(self._records, len(self._records))
+            self._handed_out = True
         return self._history
 
     def _read(self, path: str, status: fs.FileStatus) -> Iterator[EventBatch]:
@@ -197,6 +201,7 @@ class HistoryReader:
                 self._records, self._key_times = map(
                     list, zip(*sorted(pairs, key=lambda pair: pair[0].step), strict=True)
                 )
+                self._handed_out = False
         return True
 
     def _get(self, step: int) -> EvalRecord | None:
@@ -219,6 +224,8 @@ class HistoryReader:
             wall_time = max(wall_time, wall)
         record = EvalRecord(step, wall_time, metrics, checkpoint)
         kept = wall_time if all(t == wall_time for t in times.values()) else times
+        if self._handed_out and index < len(self._records):
+            self._records, self._handed_out = list(self._records), False
         if old is None:
             self._records.insert(index, record)
             self._key_times.insert(index, kept)

@@ -50,54 +50,66 @@ class EvalHistory:
         ValueError: two records have the same step.
     """
 
-    __slots__ = ("_records",)
+    # The history is the first `_size` of `_records`: a reader may append to that list
+    # after handing it out (nothing else changes it), so a poll copies nothing.
+    __slots__ = ("_list", "_records", "_size")
 
     def __init__(self, records: Iterable[EvalRecord] = ()) -> None:
         ordered = sorted(records, key=_step_of)
         for earlier, later in itertools.pairwise(ordered):
             if earlier.step == later.step:
                 raise ValueError(f"Two eval records have the step {later.step}.")
-        self._records = ordered
+        self._records = self._list = ordered
+        self._size = len(ordered)
 
     @classmethod
-    def from_sorted(cls, records: list[EvalRecord]) -> EvalHistory:
+    def from_sorted(cls, records: list[EvalRecord], size: int | None = None) -> EvalHistory:
         """A history of ``records`` known to be ascending and one per step (not checked,
-        not copied: a reader building many histories pays nothing per record)."""
+        not copied: a reader building many histories pays nothing per record).
+
+        Args:
+            records: the records.
+            size: the history is the first ``size`` of them (all if None); the list
+                may grow past them later, but they must never change.
+        """
         history = cls.__new__(cls)
-        history._records = records
+        history._records, history._list = records, None
+        history._size = len(records) if size is None else size
         return history
 
     @property
     def records(self) -> list[EvalRecord]:
-        """The records, ascending by step."""
-        return self._records
+        """The records, ascending by step (a list of this history's own)."""
+        if self._list is None:
+            self._list = self._records[: self._size]
+        return self._list
 
     def __len__(self) -> int:
-        return len(self._records)
+        return self._size
 
     def __iter__(self) -> Iterator[EvalRecord]:
-        return iter(self._records)
+        return itertools.islice(self._records, self._size)
 
     def __bool__(self) -> bool:
-        return bool(self._records)
+        return self._size > 0
 
     def __repr__(self) -> str:
-        if not self._records:
+        if not self._size:
             return "EvalHistory([])"
-        first, last = self._records[0].step, self._records[-1].step
-        return f"EvalHistory(<{len(self._records)} records, steps {first}..{last}>)"
+        first, last = self._records[0].step, self._records[self._size - 1].step
+        return f"EvalHistory(<{self._size} records, steps {first}..{last}>)"
 
     def get(self, step: int) -> EvalRecord | None:
         """The record of ``step``, or None if that step was not evaluated."""
-        index = bisect.bisect_left(self._records, step, key=_step_of)
-        if index < len(self._records) and self._records[index].step == step:
+        index = bisect.bisect_left(self._records, step, hi=self._size, key=_step_of)
+        if index < self._size and self._records[index].step == step:
             return self._records[index]
         return None
 
     def before(self, step: int) -> EvalHistory:
         """A new history with the records of the steps before ``step``."""
-        index = bisect.bisect_left(self._records, step, key=_step_of)
-        return EvalHistory.from_sorted(self._records[:index])
+        index = bisect.bisect_left(self._records, step, hi=self._size, key=_step_of)
+        return EvalHistory.from_sorted(self._records, index)
 
     def to_pandas(self) -> pandas.DataFrame:
         """The history as a table, one row per step.
@@ -109,7 +121,7 @@ class EvalHistory:
         """
         import pandas
 
-        records = self._records
+        records = self.records
         keys = sorted({key for record in records for key in record.metrics})
         columns = [
             pandas.Series([r.step for r in records], dtype="int64"),

@@ -107,6 +107,27 @@ def test_a_step_evaluated_twice_takes_the_later_wall_time_key_by_key(tmp_path):
     ]
 
 
+def test_histories_returned_earlier_do_not_see_later_records(tmp_path):
+    """A poll shares the reader's records with the history it returns instead of copying
+    them: the records appended later, or changed later, must not show in it."""
+    events = [ef.event(s, 100.0 + s, {"loss": 1 / s}) for s in range(1, 11)]
+    write(tmp_path, events[:5])
+    reader = HistoryReader(tmp_path)
+    first = reader.poll()
+    listed = first.records
+    write(tmp_path, events[5:], suffix=".more")  # new steps: appended to the shared list
+    second = reader.poll()
+    write(tmp_path, [ef.event(3, 500.0, {"loss": 7.0})], suffix=".again")  # changes step 3
+    third = reader.poll()
+    for history, steps in ((first, range(1, 6)), (second, range(1, 11)), (third, range(1, 11))):
+        assert [r.step for r in history] == [r.step for r in history.records] == list(steps)
+        assert len(history) == len(steps) and history.get(max(steps) + 1) is None
+    assert listed == first.records and len(listed) == 5
+    assert first.get(3).metrics == second.get(3).metrics == {"loss": ef.f32(1 / 3)}
+    assert third.get(3).metrics == {"loss": 7.0}
+    assert [r.step for r in second.before(4)] == [1, 2, 3] and repr(first).endswith("1..5>)")
+
+
 def test_re_evaluation_in_another_file_and_a_later_poll(tmp_path):
     write(tmp_path, [ef.event(10, 100.0, {"loss": 1.0}), ef.event(20, 110.0, {"loss": 0.5})])
     reader = HistoryReader(tmp_path)
