@@ -44,6 +44,8 @@ CHECKPOINT_PATH_TAG = "checkpoint_path"
 # `file_version` event stamped in whole seconds, the same for files made together.
 _HEAD_SIZE = 64
 _step_of = operator.itemgetter(0)  # of an EvalRecord
+# Young objects after a poll above which they are moved to the oldest generation at once.
+_MANY_NEW_OBJECTS = 10_000
 # The key under which the time of a step's checkpoint_path is kept among its metrics'.
 _CHECKPOINT = object()
 
@@ -405,10 +407,10 @@ def _gc_paused() -> Iterator[None]:
     A full read makes long-lived objects per eval, and CPython runs a full
     collection whenever those grew by a quarter, walking the whole heap
     (TensorFlow alone is ~300,000 objects) to find nothing: records hold no
-    cycles. Afterwards the new objects go straight to the oldest generation
-    (``gc.freeze()`` then ``gc.unfreeze()``), where the records would end up
-    anyway, instead of being walked by the next young collections (10 ms for
-    100,000 records). A collector that someone else disabled stays disabled;
+    cycles. After a large read the new objects go straight to the oldest
+    generation (``gc.freeze()`` then ``gc.unfreeze()``), where the records would
+    end up anyway, instead of being walked by the next young collections (10 ms
+    for 100,000 records). A collector that someone else disabled stays disabled;
     objects that someone else froze stay frozen.
     """
     if not gc.isenabled():
@@ -418,7 +420,7 @@ def _gc_paused() -> Iterator[None]:
     try:
         yield
     finally:
-        if not gc.get_freeze_count():
+        if gc.get_count()[0] > _MANY_NEW_OBJECTS and not gc.get_freeze_count():
             gc.freeze()
             gc.unfreeze()
         gc.enable()

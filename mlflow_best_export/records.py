@@ -73,7 +73,7 @@ class EvalHistory:
                 may grow past them later, but they must never change.
         """
         history = cls.__new__(cls)
-        history._records, history._list = records, None
+        history._records, history._list = records, records if size is None else None
         history._size = len(records) if size is None else size
         return history
 

@@ -449,19 +449,27 @@ def test_a_real_estimator_eval_dir(tmp_path):
 
 
 def test_a_read_leaves_the_garbage_collector_as_it_found_it(tmp_path):
-    """The reader pauses the collector and moves its records to the oldest generation;
-    a collector someone disabled stays disabled, objects someone froze stay frozen."""
-    write(tmp_path, [ef.event(s, 100.0 + s, {"loss": 1 / s}) for s in range(1, 50)])
-    assert len(read_eval_history(tmp_path)) == 49 and gc.isenabled()
+    """The reader pauses the collector and, after a large read, moves the new objects
+    to the oldest generation; a collector someone disabled stays disabled, objects
+    someone froze stay frozen (and nothing is moved then)."""
+    write(tmp_path, [ef.event(s, 100.0 + s, {"loss": 1 / s}) for s in range(1, 12_001)])
+
+    def oldest_holds(history) -> bool:
+        oldest = {id(o) for o in gc.get_objects(generation=2)}
+        return all(id(r) in oldest for r in history.records[::1000])
+
+    first = read_eval_history(tmp_path)
+    assert len(first) == 12_000 and gc.isenabled() and oldest_holds(first)
     gc.freeze()
     try:
         frozen = gc.get_freeze_count()
-        assert frozen > 0 and len(read_eval_history(tmp_path)) == 49
-        assert gc.get_freeze_count() == frozen and gc.isenabled()
+        second = read_eval_history(tmp_path)
+        assert len(second) == 12_000 and gc.isenabled() and not oldest_holds(second)
+        assert gc.get_freeze_count() == frozen
     finally:
         gc.unfreeze()
     gc.disable()
     try:
-        assert len(read_eval_history(tmp_path)) == 49 and not gc.isenabled()
+        assert len(read_eval_history(tmp_path)) == 12_000 and not gc.isenabled()
     finally:
         gc.enable()
