@@ -282,7 +282,7 @@ def _frame(buf: bytearray, end: int) -> _Frames:
     bad = np.flatnonzero(_length_crcs(lengths) != u32[at + 8])
     if incomplete:
         pos = heads.pop()
-    needed = int(lengths[-1]) + _HEADER + _FOOTER if incomplete else _HEADER if pos < end else 0
+    needed = int(lengths[-1]) + framing if incomplete else _HEADER if pos < end else 0
     starts = at[: len(heads)] + _HEADER
     stops = starts + lengths[: len(heads)].astype(np.int64)
     crcs = _unmasked(u32[stops])

@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from mlflow_best_export import fs
+from mlflow_best_export import fs, wire
 from mlflow_best_export.events import TAIL_SIZE, EventBatch, EventFileReader
 from mlflow_best_export.records import EvalHistory, EvalRecord
 
@@ -43,7 +43,7 @@ CHECKPOINT_PATH_TAG = "checkpoint_path"
 # last ones read. The first alone do not: TensorFlow writers begin every file with a
 # `file_version` event stamped in whole seconds, the same for files made together.
 _HEAD_SIZE = 64
-_step_of = operator.itemgetter(0)  # of an EvalRecord
+_step_of = operator.itemgetter(0)  # of an EvalRecord, or of a row that starts with the step
 # Young objects after a poll above which they are moved to the oldest generation at once.
 _MANY_NEW_OBJECTS = 10_000
 # The key under which the time of a step's checkpoint_path is kept among its metrics'.
@@ -376,9 +376,7 @@ class _Events(NamedTuple):
             last = np.append(group[1:] != group[:-1], True)[: len(group)]  # a step's last path
             where, chosen = group[last], inside[last]
             path_times[where] = self.wall_times[keys[chosen]]
-            texts = np.empty(len(self.path_texts), object)
-            texts[:] = self.path_texts
-            paths[where] = texts[chosen]
+            paths[where] = wire.object_array(self.path_texts)[chosen]
         steps = self.steps[firsts]
         rows = zip(steps.tolist(), walls.tolist(), metrics, paths.tolist(), strict=True)
         records = list(map(tuple.__new__, itertools.repeat(EvalRecord), rows))

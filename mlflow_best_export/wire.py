@@ -92,13 +92,13 @@ def decode(buf: bytearray, size: int, starts: np.ndarray, stops: np.ndarray) -> 
         first = len(values.record)
         tensor_at = place[np.concatenate([values.tensors, first + np.array(tensors, np.int64)])]
         by_place = np.argsort(tensor_at).tolist()
-        plugins = np.concatenate([values.plugins, _objects(found[i][3] for i in tensors)])
+        plugins = np.concatenate([values.plugins, object_array(found[i][3] for i in tensors)])
         texts = values.texts + [found[i][4] if found[i][2] == K_STRING else None for i in tensors]
         values = Values(
             values.wall_times,
             values.steps,
             record[order],
-            np.concatenate([values.tags, _objects(f[1] for f in found)])[order],
+            np.concatenate([values.tags, object_array(f[1] for f in found)])[order],
             np.concatenate([values.kinds, [f[2] for f in found]]).astype(np.int8)[order],
             np.concatenate([values.numbers, [0.0 if f[2] == K_STRING else f[4] for f in found]])[
                 order
@@ -124,7 +124,7 @@ def _spread(payload, idx: np.ndarray, empty: np.ndarray | None, size: int):
     return full
 
 
-def _objects(items: Iterable[str | None]) -> np.ndarray:
+def object_array(items: Iterable[str | None]) -> np.ndarray:
     """A numpy array of the given Python objects."""
     found = list(items)
     array = np.empty(len(found), object)
@@ -321,7 +321,7 @@ class _Wire:
             texts = decoded
         else:
             found = np.full(len(start), None, object)
-            found[string] = _objects(decoded)
+            found[string] = object_array(decoded)
             texts = found.tolist()
         return ok, np.where(string, K_STRING, K_NUMBER), number, texts
 
@@ -366,7 +366,7 @@ class _Wire:
             differs[long[~same]] = True
         pairs = zip(start[leaders].tolist(), stop[leaders].tolist(), strict=True)
         decoded = [self._utf8(a, b) for a, b in pairs]
-        found = _objects(decoded)[group]
+        found = object_array(decoded)[group]
         for v in np.flatnonzero(differs).tolist():
             found[v] = self._utf8(int(start[v]), int(stop[v]))
             decoded.append(found[v])
